@@ -1,0 +1,432 @@
+"""Configuration: parse and validate (pure; the only I/O is reading the file).
+
+Strict: unknown keys are errors, defaults are merged in one place (`_effective_check`),
+regexes and JSONPaths are compiled here, and every error names file, line and key path::
+
+    config.yaml:12: services.deepseek.checks.api.interval: invalid duration "30x" (...)
+"""
+
+from __future__ import annotations
+
+import json as jsonlib
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import jsonpath
+
+from monitor.units import parse_duration, parse_size
+from monitor.yamlsrc import KeyPath, LocatedError, Source, format_path, load
+
+ID = re.compile(r"[a-z0-9_-]+")
+LABEL_VALUE = re.compile(r"[A-Za-z0-9_.:-]+")
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+KINDS = ("http",)  # flow and stream come with their probes
+_STATUS_CLASS = re.compile(r"([1-5])xx")
+_STATUS_RANGE = re.compile(r"(\d{3})-(\d{3})")
+
+DEFAULT_LISTEN = "127.0.0.1:9478"
+CHECK_DEFAULTS: dict[str, Any] = {
+    "kind": "http",
+    "method": "GET",
+    "interval": "30s",
+    "timeout": "10s",
+    "open_after": 3,
+    "close_after": 2,
+    "max_body_bytes": "1MiB",
+    "critical": True,
+}
+CHECK_KEYS = frozenset(
+    {"kind", "url", "method", "headers", "body", "json", "interval", "timeout",
+     "open_after", "close_after", "max_body_bytes", "critical", "expect"}
+)
+EXPECT_KEYS = frozenset(
+    {"status", "body_contains", "body_regex", "json", "headers", "max_latency", "cert_min_days"}
+)
+
+
+class ConfigError(Exception):
+    """One or more config errors, each `file:line: key.path: message`."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+@dataclass(frozen=True, slots=True)
+class JsonAssertion:
+    path: str
+    compiled: Any  # jsonpath.JSONPath
+    expected: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Expect:
+    status: frozenset[int] | None = None  # None: any 2xx
+    body_contains: tuple[str, ...] = ()
+    body_regex: re.Pattern[str] | None = None
+    json: tuple[JsonAssertion, ...] = ()
+    headers: tuple[tuple[str, re.Pattern[str]], ...] = ()
+    max_latency: float | None = None
+    cert_min_days: float | None = None
+
+    def accepts(self, status: int) -> bool:
+        return 200 <= status < 300 if self.status is None else status in self.status
+
+    @property
+    def needs_body(self) -> bool:
+        return bool(self.body_contains or self.body_regex or self.json)
+
+
+@dataclass(frozen=True, slots=True)
+class CheckConfig:
+    service: str
+    id: str
+    url: str
+    kind: str = "http"
+    method: str = "GET"
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes | None = None
+    interval: float = 30.0
+    timeout: float = 10.0
+    open_after: int = 3
+    close_after: int = 2
+    max_body_bytes: int = 1024 * 1024
+    critical: bool = True
+    expect: Expect = field(default_factory=Expect)
+    line: int = 0
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.service, self.id)
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or ""
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceConfig:
+    id: str
+    title: str
+    checks: tuple[CheckConfig, ...]
+    status_page: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: str
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 9478
+    location: str = "local"
+    storage_path: str | None = None  # None: the daemon picks ($STATE_DIRECTORY or ./)
+    results_retention: float = 14 * 86400
+    max_in_flight: int = 1000
+    per_host_rate: float = 20.0
+    services: tuple[ServiceConfig, ...] = ()
+    secrets: frozenset[str] = frozenset()  # expanded variable values; never print these
+
+    @property
+    def checks(self) -> list[CheckConfig]:
+        return [c for s in self.services for c in s.checks]
+
+
+def default_path() -> Path:
+    """`./config.yaml`, else `/etc/aipulse/config.yaml`."""
+    local = Path("config.yaml")
+    return local if local.exists() else Path("/etc/aipulse/config.yaml")
+
+
+def load_file(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}: not UTF-8 text"]) from None
+    return parse(text, str(path), env)
+
+
+def parse(text: str, name: str = "config.yaml", env: Mapping[str, str] | None = None) -> Config:
+    try:
+        src = load(text, name, env)
+    except LocatedError as exc:
+        where = f"{format_path(exc.path)}: " if exc.path else ""
+        raise ConfigError([f"{name}:{exc.line}: {where}{exc.message}"]) from None
+    return _Validator(src).config()
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f'invalid listen address "{text}" (use HOST:PORT, e.g. 127.0.0.1:9478)')
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
+class _Validator:
+    def __init__(self, src: Source) -> None:
+        self.src = src
+        self.errors: list[str] = []
+
+    def err(self, path: KeyPath, message: str) -> None:
+        self.errors.append(f"{self.src.name}:{self.src.line(path)}: {format_path(path)}: {message}")
+
+    def field(self, data: Mapping[str, Any], key: str, path: KeyPath, parse: Callable[[Any], Any],
+              default: Any = None) -> Any:
+        """Parse data[key] with `parse`; a ValueError becomes an error at that key."""
+        if key not in data:
+            return default
+        try:
+            return parse(data[key])
+        except (ValueError, TypeError) as exc:
+            self.err((*path, key), str(exc))
+            return default
+
+    def mapping(self, value: Any, path: KeyPath, allowed: frozenset[str] | None) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.err(path, f"must be a mapping, got {_kind(value)}")
+            return {}
+        if allowed is not None:
+            for key in value:
+                if key not in allowed:
+                    self.err((*path, key), f'unknown key "{key}" (known: {", ".join(sorted(allowed))})')
+        return value
+
+    def config(self) -> Config:
+        top_keys = frozenset({"listen", "location", "storage", "limits", "defaults", "services"})
+        data = self.mapping(self.src.data, (), top_keys)
+        host, port = self.field(data, "listen", (), lambda v: parse_listen(_str(v)),
+                                parse_listen(DEFAULT_LISTEN))
+        location = self.field(data, "location", (), _label_value, "local")
+        storage = self.mapping(data.get("storage"), ("storage",), frozenset({"path", "results_retention"}))
+        limits = self.mapping(data.get("limits"), ("limits",), frozenset({"max_in_flight", "per_host_rate"}))
+        defaults = self.mapping(data.get("defaults"), ("defaults",), CHECK_KEYS - {"url"})
+        services = self.services(data, defaults)
+        if not self.errors and not any(s.checks for s in services):
+            self.err(("services",), "no checks configured (add at least one service with one check)")
+        if self.errors:
+            raise ConfigError(self.errors)
+        return Config(
+            path=self.src.name,
+            listen_host=host,
+            listen_port=port,
+            location=location,
+            storage_path=self.field(storage, "path", ("storage",), _str),
+            results_retention=self.field(storage, "results_retention", ("storage",),
+                                         _duration, 14 * 86400.0),
+            max_in_flight=self.field(limits, "max_in_flight", ("limits",), _positive_int, 1000),
+            per_host_rate=self.field(limits, "per_host_rate", ("limits",), _positive_number, 20.0),
+            services=tuple(services),
+            secrets=frozenset(self.src.secrets),
+        )
+
+    def services(self, data: Mapping[str, Any], defaults: Mapping[str, Any]) -> list[ServiceConfig]:
+        raw = self.mapping(data.get("services"), ("services",), None)
+        out = []
+        for sid, sdata in raw.items():
+            path: KeyPath = ("services", sid)
+            if not ID.fullmatch(sid):
+                self.err(path, f'invalid service id "{sid}" (use lowercase letters, digits, _ and -)')
+            sdata = self.mapping(sdata, path, frozenset({"title", "status_page", "checks"}))
+            checks_raw = self.mapping(sdata.get("checks"), (*path, "checks"), None)
+            if not checks_raw:
+                self.err((*path, "checks") if "checks" in sdata else path, "no checks (a service needs at least one)")
+            checks = []
+            for cid, cdata in checks_raw.items():
+                cpath: KeyPath = (*path, "checks", cid)
+                if not ID.fullmatch(cid):
+                    self.err(cpath, f'invalid check id "{cid}" (use lowercase letters, digits, _ and -)')
+                check = self.check(sid, cid, cdata, defaults, cpath)
+                if check is not None:
+                    checks.append(check)
+            out.append(ServiceConfig(
+                id=sid,
+                title=self.field(sdata, "title", path, _str, sid),
+                status_page=self.field(sdata, "status_page", path, _url),
+                checks=tuple(checks),
+            ))
+        return out
+
+    def check(self, sid: str, cid: str, cdata: Any, defaults: Mapping[str, Any],
+              path: KeyPath) -> CheckConfig | None:
+        cdata = self.mapping(cdata, path, CHECK_KEYS)
+        before = len(self.errors)
+        # Defaults are merged here and nowhere else: built-in < `defaults:` < the check.
+        merged: dict[str, Any] = {**CHECK_DEFAULTS, **defaults, **cdata}
+        d_expect, c_expect = defaults.get("expect"), cdata.get("expect")
+        if isinstance(d_expect, dict) and isinstance(c_expect, dict):
+            merged["expect"] = {**d_expect, **c_expect}  # expect merges key by key
+
+        def at(key: str) -> KeyPath:
+            # Errors in a value that came from `defaults:` point at `defaults:`.
+            return path if key in cdata or key not in defaults else ("defaults",)
+
+        def get(key: str, parse: Callable[[Any], Any]) -> Any:
+            return self.field(merged, key, at(key), parse)
+
+        if "url" not in cdata:
+            self.err(path, 'missing required key "url"')
+        kind = get("kind", _choice(KINDS))
+        url = get("url", _url) if "url" in cdata else None
+        method = get("method", lambda v: _choice(tuple(sorted(METHODS)))(_str(v).upper()))
+        headers = get("headers", _headers) or ()
+        body = get("body", lambda v: _str(v).encode())
+        if "json" in merged:
+            if "body" in merged:
+                self.err((*at("json"), "json"), 'set either "body" or "json", not both')
+            body = get("json", lambda v: jsonlib.dumps(v).encode())
+            if not any(k.lower() == "content-type" for k, _ in headers):
+                headers = (*headers, ("Content-Type", "application/json"))
+        interval = get("interval", _duration)
+        timeout = get("timeout", _duration)
+        if interval and timeout and timeout > interval:
+            self.err((*at("timeout"), "timeout"),
+                     f"timeout ({merged['timeout']}) must not exceed interval ({merged['interval']})")
+        expect = self.expect(merged.get("expect"), (*at("expect"), "expect"))
+        check = CheckConfig(
+            service=sid, id=cid, url=url or "", kind=kind, method=method, headers=headers,
+            body=body, interval=interval, timeout=timeout,
+            open_after=get("open_after", _positive_int), close_after=get("close_after", _positive_int),
+            max_body_bytes=get("max_body_bytes", parse_size), critical=get("critical", _bool),
+            expect=expect or Expect(), line=self.src.line(path),
+        )
+        return check if len(self.errors) == before else None
+
+    def expect(self, raw: Any, path: KeyPath) -> Expect | None:
+        data = self.mapping(raw, path, EXPECT_KEYS)
+        json_assertions = []
+        for jpath, expected in self.mapping(data.get("json"), (*path, "json"), None).items():
+            try:
+                json_assertions.append(JsonAssertion(jpath, jsonpath.compile(jpath), expected))
+            except jsonpath.JSONPathError as exc:
+                first = str(exc).splitlines()[0]
+                self.err((*path, "json", jpath), f"invalid JSONPath: {first}")
+        contains = self.field(data, "body_contains", path, _str_list, ())
+        return Expect(
+            status=self.field(data, "status", path, _status_set),
+            body_contains=contains,
+            body_regex=self.field(data, "body_regex", path, _regex),
+            json=tuple(json_assertions),
+            headers=self.field(data, "headers", path, _header_regexes, ()),
+            max_latency=self.field(data, "max_latency", path, _duration),
+            cert_min_days=self.field(data, "cert_min_days", path, _positive_number),
+        )
+
+
+# Field parsers: each takes the raw YAML value and returns the typed value or raises
+# ValueError with the message the user sees.
+
+def _kind(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean",
+            int: "a number", float: "a number", type(None): "nothing"}.get(type(value), type(value).__name__)
+
+
+def _str(value: Any) -> str:
+    if isinstance(value, (dict, list)) or value is None:
+        raise ValueError(f"must be a string, got {_kind(value)}")
+    return str(value)
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, got {_kind(value)}")
+    return value
+
+
+def _duration(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(f"must be a duration like 30s, got {_kind(value)}")
+    if isinstance(value, (int, float)):
+        raise ValueError(f"invalid duration {value} (add a unit: {value}s)")
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError(f'invalid duration "{value}" (must be more than 0)')
+    return seconds
+
+
+def _positive_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"must be a whole number of at least 1, got {value!r}")
+    return value
+
+
+def _positive_number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ValueError(f"must be a number above 0, got {value!r}")
+    return float(value)
+
+
+def _label_value(value: Any) -> str:
+    text = _str(value)
+    if not LABEL_VALUE.fullmatch(text):
+        raise ValueError(f'invalid location "{text}" (use letters, digits, _ . : -)')
+    return text
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = _str(value)
+        if text not in options:
+            raise ValueError(f'must be one of {", ".join(options)}, got "{text}"')
+        return text
+    return parse
+
+
+def _url(value: Any) -> str:
+    text = _str(value)
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f'invalid URL "{text}" (must be http:// or https:// with a host)')
+    return text
+
+
+def _headers(value: Any) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, dict):
+        raise ValueError(f"must be a mapping of header name to value, got {_kind(value)}")
+    return tuple((str(k), _str(v)) for k, v in value.items())
+
+
+def _str_list(value: Any) -> tuple[str, ...]:
+    if isinstance(value, list):
+        return tuple(_str(v) for v in value)
+    return (_str(value),)
+
+
+def _regex(value: Any) -> re.Pattern[str]:
+    text = _str(value)
+    try:
+        return re.compile(text)
+    except re.error as exc:
+        raise ValueError(f"invalid regex: {exc}") from None
+
+
+def _header_regexes(value: Any) -> tuple[tuple[str, re.Pattern[str]], ...]:
+    if not isinstance(value, dict):
+        raise ValueError(f"must be a mapping of header name to regex, got {_kind(value)}")
+    return tuple((str(k).lower(), _regex(v)) for k, v in value.items())
+
+
+def _status_set(value: Any) -> frozenset[int]:
+    items = value if isinstance(value, list) else [value]
+    codes: set[int] = set()
+    for item in items:
+        text = str(item)
+        if isinstance(item, int) and not isinstance(item, bool) and 100 <= item <= 599:
+            codes.add(item)
+        elif m := _STATUS_CLASS.fullmatch(text):
+            base = int(m.group(1)) * 100
+            codes.update(range(base, base + 100))
+        elif (m := _STATUS_RANGE.fullmatch(text)) and 100 <= int(m.group(1)) <= int(m.group(2)) <= 599:
+            codes.update(range(int(m.group(1)), int(m.group(2)) + 1))
+        else:
+            raise ValueError(f'invalid status "{text}" (use codes 100-599, ranges like 2xx or 200-299)')
+    if not codes:
+        raise ValueError("must list at least one status")
+    return frozenset(codes)

@@ -1,0 +1,56 @@
+"""Probes: one module per kind, one signature, one result type.
+
+    async def probe(check: CheckConfig, client: httpx.AsyncClient, redact: Redactor) -> ProbeResult
+
+A probe never raises and never touches metrics or storage: it returns a ProbeResult.
+`Prober` owns what probes share (TLS contexts, transports) and dispatches by kind.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+import httpx
+
+from monitor import __version__
+from monitor.config import CheckConfig
+from monitor.probes import http
+from monitor.probes.transport import ProbeTransport, verified_context
+from monitor.reasons import Reason
+from monitor.redact import Redactor
+from monitor.result import ProbeResult
+
+ProbeFn = Callable[[CheckConfig, httpx.AsyncClient, Redactor], Awaitable[ProbeResult]]
+
+PROBES: dict[str, ProbeFn] = {"http": http.probe}
+
+USER_AGENT = f"aipulse/{__version__} (availability monitor)"
+
+
+class Prober:
+    """Runs probes. One shared transport; a light client per probe keeps cookies apart."""
+
+    def __init__(self, secrets: frozenset[str] = frozenset()) -> None:
+        self.redact = Redactor(secrets)
+        self._transport = ProbeTransport(verified_context())
+
+    def _client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            transport=self._transport,
+            headers={"User-Agent": USER_AGENT, "Accept-Encoding": "gzip, deflate"},
+            timeout=None,  # the probe's own deadline covers everything
+            trust_env=False,
+        )
+
+    async def run(self, check: CheckConfig) -> ProbeResult:
+        try:
+            return await PROBES[check.kind](check, self._client(), self.redact)
+        except Exception as exc:  # a bug in a probe must not stop the scheduler
+            return ProbeResult(
+                service=check.service, check=check.id, started=time.time(), duration=0.0,
+                reason=Reason.PROTOCOL, detail=self.redact(f"internal error: {exc!r}"),
+            )
+
+    async def aclose(self) -> None:
+        await self._transport.aclose()

@@ -1,0 +1,51 @@
+"""Durations and sizes as written in config and on the command line (pure)."""
+
+from __future__ import annotations
+
+import re
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(B|KB|KiB|MB|MiB|GB|GiB)?")
+_SIZE_UNITS = {
+    None: 1, "B": 1, "KB": 1000, "KiB": 1024, "MB": 1000**2, "MiB": 1024**2,
+    "GB": 1000**3, "GiB": 1024**3,
+}
+
+
+def parse_duration(text: str) -> float:
+    """'500ms', '30s', '5m', '1h30m', '7d' -> seconds. Raises ValueError."""
+    text = text.strip()
+    pos, total = 0, 0.0
+    for m in _DURATION_PART.finditer(text):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+        pos = m.end()
+    if pos == 0 or pos != len(text):
+        raise ValueError(f'invalid duration "{text}" (use e.g. 500ms, 30s, 5m, 1h, 7d)')
+    return total
+
+
+def parse_size(text: str | int) -> int:
+    """'1MiB', '512KB', 1048576 -> bytes. Raises ValueError."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        if text < 0:
+            raise ValueError(f"invalid size {text} (must not be negative)")
+        return text
+    m = _SIZE.fullmatch(str(text).strip())
+    if not m:
+        raise ValueError(f'invalid size "{text}" (use e.g. 512KiB, 1MiB, 10MB)')
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
+
+
+def format_duration(seconds: float) -> str:
+    """Short human form: 42s, 5m 3s, 2h 10m, 3d 4h."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60}s"
+    if s < 86400:
+        return f"{s // 3600}h {s % 3600 // 60}m"
+    return f"{s // 86400}d {s % 86400 // 3600}h"

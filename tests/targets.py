@@ -1,0 +1,201 @@
+"""Real local HTTP(S) targets for tests: an aiohttp server on loopback in its own thread.
+
+Routes behave like the services we monitor, good and bad. The server runs on its own
+event loop in a background thread, so a probe under test shares nothing with it but
+the socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gzip
+import json
+import ssl
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+ZERO_MIB = bytes(1 << 20)
+# 64 MiB of zeros gzipped at level 9 is ~64 KiB on the wire.
+GZIP_BOMB = gzip.compress(bytes(64 << 20), compresslevel=9)
+
+
+@dataclass
+class Target:
+    """Shared state: tests flip `mode` to change what a route answers."""
+
+    mode: dict[str, str] = field(default_factory=dict)
+    hits: dict[str, int] = field(default_factory=dict)
+    port: int = 0
+    tls_port: int | None = None
+
+    def url(self, path: str, tls: bool = False) -> str:
+        if tls:
+            return f"https://localhost:{self.tls_port}{path}"
+        return f"http://127.0.0.1:{self.port}{path}"
+
+
+def build_app(target: Target) -> web.Application:
+    routes = web.RouteTableDef()
+
+    def hit(name: str) -> None:
+        target.hits[name] = target.hits.get(name, 0) + 1
+
+    @routes.get("/ok")
+    async def ok(request: web.Request) -> web.Response:
+        hit("ok")
+        return web.Response(text="hello from aipulse target", headers={"X-Service": "target-1"})
+
+    @routes.get("/status/{code}")
+    async def status(request: web.Request) -> web.Response:
+        code = int(request.match_info["code"])
+        hit(f"status/{code}")
+        return web.Response(status=code, text=json.dumps({"error": {"message": f"status {code}"}}),
+                            content_type="application/json")
+
+    @routes.get("/json")
+    async def json_route(request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "model-a"}, {"id": "model-b"}]})
+
+    @routes.get("/switch/{name}")
+    async def switch(request: web.Request) -> web.StreamResponse:
+        """Answers by target.mode[name]: ok, 500, 503, hang, slow."""
+        name = request.match_info["name"]
+        hit(f"switch/{name}")
+        mode = target.mode.get(name, "ok")
+        if mode == "hang":
+            await asyncio.sleep(3600)
+        if mode.startswith("slow"):
+            await asyncio.sleep(float(mode[4:] or "0.3"))
+            return web.Response(text="slow but fine")
+        if mode.isdigit():
+            return web.Response(status=int(mode), text="failing")
+        return web.Response(text="fine")
+
+    @routes.get("/slow")
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(float(request.query.get("delay", "1")))
+        return web.Response(text="slow")
+
+    @routes.get("/hang")
+    async def hang(request: web.Request) -> web.Response:
+        hit("hang")
+        await asyncio.sleep(3600)
+        return web.Response(text="never")
+
+    @routes.get("/drip")
+    async def drip(request: web.Request) -> web.StreamResponse:
+        """Headers at once, then one byte per `every` seconds, forever."""
+        every = float(request.query.get("every", "1"))
+        resp = web.StreamResponse()
+        resp.content_length = 1000
+        await resp.prepare(request)
+        with contextlib.suppress(ConnectionError):
+            for _ in range(1000):
+                await resp.write(b"x")
+                await asyncio.sleep(every)
+        return resp
+
+    @routes.get("/endless")
+    async def endless(request: web.Request) -> web.StreamResponse:
+        """1 GiB of zeros (the probe must stop at max_body_bytes)."""
+        resp = web.StreamResponse()
+        resp.content_length = 1 << 30
+        await resp.prepare(request)
+        with contextlib.suppress(ConnectionError):
+            for _ in range(1024):
+                await resp.write(ZERO_MIB)
+        return resp
+
+    @routes.get("/gzip-bomb")
+    async def gzip_bomb(request: web.Request) -> web.Response:
+        return web.Response(body=GZIP_BOMB, headers={"Content-Encoding": "gzip",
+                                                      "Content-Type": "text/plain"})
+
+    @routes.get("/gzip-ok")
+    async def gzip_ok(request: web.Request) -> web.Response:
+        return web.Response(body=gzip.compress(b"compressed hello"),
+                            headers={"Content-Encoding": "gzip", "Content-Type": "text/plain"})
+
+    @routes.get("/redirect/{n}")
+    async def redirect(request: web.Request) -> web.Response:
+        n = int(request.match_info["n"])
+        raise web.HTTPFound("/ok" if n <= 1 else f"/redirect/{n - 1}")
+
+    @routes.get("/loop")
+    async def loop(request: web.Request) -> web.Response:
+        raise web.HTTPFound("/loop")
+
+    @routes.get("/redirect-ftp")
+    async def redirect_ftp(request: web.Request) -> web.Response:
+        raise web.HTTPFound("ftp://127.0.0.1/file")
+
+    @routes.get("/redirect-file")
+    async def redirect_file(request: web.Request) -> web.Response:
+        raise web.HTTPFound("file:///etc/passwd")
+
+    @routes.get("/challenge")
+    async def challenge(request: web.Request) -> web.Response:
+        return web.Response(status=403, text="<html>checking</html>",
+                            headers={"cf-mitigated": "challenge"}, content_type="text/html")
+
+    @routes.get("/challenge-page")
+    async def challenge_page(request: web.Request) -> web.Response:
+        return web.Response(
+            status=503, content_type="text/html",
+            text="<html><head><title>Just a moment...</title></head>"
+                 "<body><script src='/cdn-cgi/challenge-platform/h/b/orchestrate/jsch/v1'></script></body></html>",
+        )
+
+    @routes.get("/echo-headers")
+    async def echo_headers(request: web.Request) -> web.Response:
+        return web.json_response(dict(request.headers))
+
+    app = web.Application()
+    app.add_routes(routes)
+    return app
+
+
+@contextmanager
+def serve(ssl_context: ssl.SSLContext | None = None, plain: bool = True) -> Iterator[Target]:
+    """Run the target app on 127.0.0.1 (and on TLS when given a context) in a thread."""
+    target = Target()
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    runner = web.AppRunner(build_app(target), access_log=None, shutdown_timeout=0.1)
+
+    async def start() -> None:
+        await runner.setup()
+        if plain:
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            target.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        if ssl_context is not None:
+            tls_site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
+            await tls_site.start()
+            target.tls_port = tls_site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    def main() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(start())
+        started.set()
+        loop.run_forever()
+        loop.run_until_complete(runner.cleanup())
+        pending = asyncio.all_tasks(loop)
+        for task in pending:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        loop.close()
+
+    thread = threading.Thread(target=main, daemon=True)
+    thread.start()
+    started.wait(10)
+    try:
+        yield target
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
