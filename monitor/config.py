@@ -162,7 +162,7 @@ def parse(text: str, name: str = "config.yaml", env: Mapping[str, str] | None = 
 
 def parse_listen(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ValueError(f'invalid listen address "{text}" (use HOST:PORT, e.g. 127.0.0.1:9478)')
     host = host.strip("[]") or "0.0.0.0"
     return host, int(port)

@@ -1,0 +1,148 @@
+"""Command line: `aipulse run | check-config | once | --version`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+
+from monitor import __version__
+from monitor.config import Config, ConfigError, default_path, load_file, parse_listen
+from monitor.probes import Prober
+from monitor.result import ProbeResult
+from monitor.scheduler import Scheduler
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.command is None:
+        _parser().print_help()
+        return 2
+    return int(args.func(args))
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="aipulse", description="Availability monitor for AI services.")
+    p.add_argument("--version", action="version", version=f"aipulse {__version__}")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sub = p.add_subparsers(dest="command")
+
+    def with_config(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("-c", "--config", type=Path, default=None,
+                        help="config file (default ./config.yaml, else /etc/aipulse/config.yaml)")
+
+    run = sub.add_parser("run", help="run the daemon")
+    with_config(run)
+    run.add_argument("--listen", help="HOST:PORT to serve /metrics on (default 127.0.0.1:9478)")
+    run.add_argument("--db", help="SQLite database path")
+    run.add_argument("--location", help="value of the location label on every series")
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check-config", help="validate the config and exit")
+    with_config(check)
+    check.set_defaults(func=cmd_check_config)
+
+    once = sub.add_parser("once", help="probe every check once and print the results")
+    with_config(once)
+    once.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    once.set_defaults(func=cmd_once)
+    return p
+
+
+def _load(args: argparse.Namespace) -> Config | None:
+    path = args.config or default_path()
+    try:
+        return load_file(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return None
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    if cfg is None:
+        return 1
+    print(f"{cfg.path}: ok ({len(cfg.services)} services, {len(cfg.checks)} checks)")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from monitor.daemon import Daemon
+
+    cfg = _load(args)
+    if cfg is None:
+        return 1
+    overrides: dict[str, object] = {}
+    if args.listen:
+        try:
+            overrides["listen_host"], overrides["listen_port"] = parse_listen(args.listen)
+        except ValueError as exc:
+            print(f"--listen: {exc}", file=sys.stderr)
+            return 2
+    if args.location:
+        overrides["location"] = args.location
+    if args.db:
+        overrides["storage_path"] = args.db
+    cfg = dataclasses.replace(cfg, **overrides)  # type: ignore[arg-type]
+    try:
+        asyncio.run(Daemon(cfg).run())
+    except OSError as exc:  # e.g. the listen port is taken
+        logging.getLogger("aipulse").error("cannot start: %s", exc)
+        return 1
+    return 0
+
+
+def cmd_once(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    if cfg is None:
+        return 1
+    results = asyncio.run(_probe_all(cfg))
+    if args.json:
+        print(json.dumps([_result_json(r) for r in results], indent=2))
+    else:
+        print(format_table(results))
+    return 0 if all(r.success for r in results) else 1
+
+
+async def _probe_all(cfg: Config) -> list[ProbeResult]:
+    prober = Prober(cfg.secrets)
+    try:
+        scheduler = Scheduler(prober.run, lambda r: None, max_in_flight=cfg.max_in_flight,
+                              per_host_rate=cfg.per_host_rate)
+        return await scheduler.run_once(cfg.checks)
+    finally:
+        await prober.aclose()
+
+
+def _result_json(r: ProbeResult) -> dict[str, object]:
+    return {
+        "service": r.service, "check": r.check, "success": r.success, "reason": r.reason.value,
+        "degraded": r.degraded, "status_code": r.status_code, "duration_seconds": round(r.duration, 6),
+        "phases": {k: round(v, 6) for k, v in r.phases.items()}, "redirects": r.redirects,
+        "cert_expiry": r.cert_expiry, "detail": r.detail,
+    }
+
+
+def format_table(results: list[ProbeResult]) -> str:
+    rows = [("SERVICE", "CHECK", "RESULT", "HTTP", "TIME", "DETAIL")]
+    for r in results:
+        outcome = "degraded" if r.degraded else r.reason.value
+        rows.append((r.service, r.check, outcome, str(r.status_code or "-"),
+                     f"{r.duration * 1000:.0f}ms", r.detail[:80]))
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row[:5], widths, strict=True)) + "  " + row[5]
+        for row in rows
+    ).rstrip()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

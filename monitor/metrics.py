@@ -1,0 +1,96 @@
+"""Prometheus exposition: a custom collector over `LiveState`, built fresh per scrape.
+
+Nothing is registered per check, so a check removed by a reload simply stops
+appearing. Every series carries the constant `location` label.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from monitor import __version__
+from monitor.live import LiveState
+from monitor.result import PHASES
+
+
+class AipulseCollector(Collector):
+    def __init__(self, live: LiveState, location: str) -> None:
+        self.live = live
+        self.location = location
+
+    def collect(self) -> Iterator[Metric]:
+        loc = self.location
+        check_labels = ["service", "check", "location"]
+        success = GaugeMetricFamily(
+            "aipulse_probe_success", "1 if the last probe succeeded, else 0.", labels=check_labels)
+        duration = HistogramMetricFamily(
+            "aipulse_probe_duration_seconds", "Duration of whole probes.", labels=check_labels)
+        phase = GaugeMetricFamily(
+            "aipulse_probe_phase_seconds", "Time spent in each phase of the last probe.",
+            labels=["service", "check", "phase", "location"])
+        probes = CounterMetricFamily(
+            "aipulse_probes", "Probes run, by result reason.",
+            labels=["service", "check", "reason", "location"])
+        status = GaugeMetricFamily(
+            "aipulse_probe_http_status_code", "HTTP status of the last probe, 0 when no response.",
+            labels=check_labels)
+        cert = GaugeMetricFamily(
+            "aipulse_probe_tls_cert_expiry_timestamp_seconds",
+            "Expiry (notAfter) of the served leaf certificate, also when verification failed.",
+            labels=check_labels)
+        for (service, check), stats in self.live.checks.items():
+            labels = [service, check, loc]
+            for reason, n in stats.reasons.items():
+                probes.add_metric([service, check, reason, loc], n)
+            duration.add_metric(labels, stats.durations.cumulative(), stats.durations.sum)
+            last = stats.last
+            if last is None:
+                continue
+            success.add_metric(labels, 1.0 if last.success else 0.0)
+            status.add_metric(labels, last.status_code)
+            for name in PHASES:
+                phase.add_metric([service, check, name, loc], last.phases.get(name, 0.0))
+            if last.cert_expiry is not None:
+                cert.add_metric(labels, last.cert_expiry)
+        yield from (success, duration, phase, probes, status, cert)
+
+        lag = HistogramMetricFamily(
+            "aipulse_scheduler_lag_seconds", "Delay between a probe's due time and its start.",
+            labels=["location"])
+        lag.add_metric([loc], self.live.scheduler_lag.cumulative(), self.live.scheduler_lag.sum)
+        yield lag
+        missed = CounterMetricFamily(
+            "aipulse_scheduler_missed_intervals",
+            "Intervals skipped because the previous probe of the check overran.",
+            labels=["location"])
+        missed.add_metric([loc], self.live.missed_intervals)
+        yield missed
+        reload_ok = GaugeMetricFamily(
+            "aipulse_config_last_reload_successful", "1 if the last config load succeeded.",
+            labels=["location"])
+        reload_ok.add_metric([loc], 1.0 if self.live.reload_ok else 0.0)
+        yield reload_ok
+        build = GaugeMetricFamily("aipulse_build_info", "aipulse version.", labels=["version", "location"])
+        build.add_metric([__version__, loc], 1.0)
+        yield build
+
+
+def make_registry(live: LiveState, location: str) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(AipulseCollector(live, location))
+    return registry
+
+
+def render(registry: CollectorRegistry, accept: str | None) -> tuple[bytes, str]:
+    """Exposition bytes and content type; OpenMetrics when the Accept header asks."""
+    encoder, content_type = choose_encoder(accept or "")
+    return encoder(registry), content_type

@@ -1,0 +1,60 @@
+"""Our HTTP endpoints (aiohttp, on the probes' event loop).
+
+    GET /metrics   Prometheus text, or OpenMetrics when the Accept header asks
+    GET /healthz   200 while the event loop is alive
+    GET /readyz    200 once the config is loaded and the first round is scheduled
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+from prometheus_client.registry import CollectorRegistry
+
+from monitor.live import LiveState
+from monitor.metrics import render
+
+LIVE = web.AppKey("live", LiveState)
+REGISTRY = web.AppKey("registry", CollectorRegistry)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body, content_type = render(request.app[REGISTRY], request.headers.get("Accept"))
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok\n")
+
+
+async def readyz(request: web.Request) -> web.Response:
+    if request.app[LIVE].ready:
+        return web.Response(text="ready\n")
+    return web.Response(status=503, text="not ready\n")
+
+
+def make_app(live: LiveState, registry: CollectorRegistry) -> web.Application:
+    app = web.Application(client_max_size=64 * 1024)
+    app[LIVE] = live
+    app[REGISTRY] = registry
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app
+
+
+async def start(app: web.Application, host: str, port: int) -> web.AppRunner:
+    """Start serving; returns the runner (call `cleanup()` to stop)."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    await site.start()
+    return runner
+
+
+def bound_port(runner: web.AppRunner) -> int:
+    """The port actually bound (useful with port 0)."""
+    for site in runner.sites:
+        server = site._server  # aiohttp keeps the asyncio server here
+        if server is not None and server.sockets:  # type: ignore[union-attr]
+            return int(server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+    raise RuntimeError("not listening")
