@@ -199,3 +199,47 @@ def serve(ssl_context: ssl.SSLContext | None = None, plain: bool = True) -> Iter
     finally:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
+
+
+@contextmanager
+def serve_raw(reply: bytes, close: bool = True) -> Iterator[int]:
+    """A TCP server on 127.0.0.1 that reads a request head and writes `reply` verbatim
+    (for answers no HTTP library would send: garbage status lines and the like)."""
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    port = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(Exception):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(reply)
+            await writer.drain()
+            if close:
+                writer.close()
+
+    async def start() -> asyncio.AbstractServer:
+        nonlocal port
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        return server
+
+    def main() -> None:
+        asyncio.set_event_loop(loop)
+        server = loop.run_until_complete(start())
+        started.set()
+        loop.run_forever()
+        server.close()
+        pending = asyncio.all_tasks(loop)
+        for task in pending:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        loop.close()
+
+    thread = threading.Thread(target=main, daemon=True)
+    thread.start()
+    started.wait(10)
+    try:
+        yield port
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)

@@ -8,6 +8,7 @@ A probe never raises and never touches metrics or storage: it returns a ProbeRes
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 
@@ -31,9 +32,11 @@ USER_AGENT = f"aipulse/{__version__} (availability monitor)"
 class Prober:
     """Runs probes. One shared transport; a light client per probe keeps cookies apart."""
 
-    def __init__(self, secrets: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self, secrets: frozenset[str] = frozenset(), ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         self.redact = Redactor(secrets)
-        self._transport = ProbeTransport(verified_context())
+        self._transport = ProbeTransport(ssl_context or verified_context())
 
     def _client(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(
