@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import jsonpath
 
+from monitor.redact import Redactor
 from monitor.units import parse_duration, parse_size
 from monitor.yamlsrc import KeyPath, LocatedError, Source, format_path, load
 
@@ -26,7 +27,7 @@ LABEL_VALUE = re.compile(r"[A-Za-z0-9_.:-]+")
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 KINDS = ("http",)  # flow and stream come with their probes
 _STATUS_CLASS = re.compile(r"([1-5])xx")
-_STATUS_RANGE = re.compile(r"(\d{3})-(\d{3})")
+_STATUS_RANGE = re.compile(r"(\d{3})(?:-(\d{3}))?")  # 200-299, or "200" (e.g. from ${VAR})
 
 DEFAULT_LISTEN = "127.0.0.1:9478"
 CHECK_DEFAULTS: dict[str, Any] = {
@@ -172,9 +173,12 @@ class _Validator:
     def __init__(self, src: Source) -> None:
         self.src = src
         self.errors: list[str] = []
+        self.redact = Redactor(frozenset(src.secrets))
 
     def err(self, path: KeyPath, message: str) -> None:
-        self.errors.append(f"{self.src.name}:{self.src.line(path)}: {format_path(path)}: {message}")
+        where = f"{format_path(path)}: " if path else ""
+        message = self.redact(message)  # e.g. an invalid URL with ?key=${API_KEY} in it
+        self.errors.append(f"{self.src.name}:{self.src.line(path)}: {where}{message}")
 
     def field(self, data: Mapping[str, Any], key: str, path: KeyPath, parse: Callable[[Any], Any],
               default: Any = None) -> Any:
@@ -208,21 +212,25 @@ class _Validator:
         storage = self.mapping(data.get("storage"), ("storage",), frozenset({"path", "results_retention"}))
         limits = self.mapping(data.get("limits"), ("limits",), frozenset({"max_in_flight", "per_host_rate"}))
         defaults = self.mapping(data.get("defaults"), ("defaults",), CHECK_KEYS - {"url"})
+        storage_path = self.field(storage, "path", ("storage",), _str)
+        results_retention = self.field(storage, "results_retention", ("storage",), _duration, 14 * 86400.0)
+        max_in_flight = self.field(limits, "max_in_flight", ("limits",), _positive_int, 1000)
+        per_host_rate = self.field(limits, "per_host_rate", ("limits",), _positive_number, 20.0)
         services = self.services(data, defaults)
         if not self.errors and not any(s.checks for s in services):
             self.err(("services",), "no checks configured (add at least one service with one check)")
         if self.errors:
-            raise ConfigError(self.errors)
+            # An error in `defaults:` is found once per check that inherits it: say it once.
+            raise ConfigError(list(dict.fromkeys(self.errors)))
         return Config(
             path=self.src.name,
             listen_host=host,
             listen_port=port,
             location=location,
-            storage_path=self.field(storage, "path", ("storage",), _str),
-            results_retention=self.field(storage, "results_retention", ("storage",),
-                                         _duration, 14 * 86400.0),
-            max_in_flight=self.field(limits, "max_in_flight", ("limits",), _positive_int, 1000),
-            per_host_rate=self.field(limits, "per_host_rate", ("limits",), _positive_number, 20.0),
+            storage_path=storage_path,
+            results_retention=results_retention,
+            max_in_flight=max_in_flight,
+            per_host_rate=per_host_rate,
             services=tuple(services),
             secrets=frozenset(self.src.secrets),
         )
@@ -237,7 +245,8 @@ class _Validator:
             sdata = self.mapping(sdata, path, frozenset({"title", "status_page", "checks"}))
             checks_raw = self.mapping(sdata.get("checks"), (*path, "checks"), None)
             if not checks_raw:
-                self.err((*path, "checks") if "checks" in sdata else path, "no checks (a service needs at least one)")
+                where = (*path, "checks") if "checks" in sdata else path
+                self.err(where, "no checks (a service needs at least one)")
             checks = []
             for cid, cdata in checks_raw.items():
                 cpath: KeyPath = (*path, "checks", cid)
@@ -287,9 +296,18 @@ class _Validator:
         interval = get("interval", _duration)
         timeout = get("timeout", _duration)
         if interval and timeout and timeout > interval:
-            self.err((*at("timeout"), "timeout"),
+            culprit = "interval" if "interval" in cdata and "timeout" not in cdata else "timeout"
+            self.err((*at(culprit), culprit),
                      f"timeout ({merged['timeout']}) must not exceed interval ({merged['interval']})")
-        expect = self.expect(merged.get("expect"), (*at("expect"), "expect"))
+        expect_path = (*at("expect"), "expect")
+
+        def expect_at(key: str) -> KeyPath:
+            # `expect` merges key by key, so each key is blamed where it was written.
+            if isinstance(c_expect, dict) and isinstance(d_expect, dict) and key not in c_expect:
+                return ("defaults", "expect")
+            return expect_path
+
+        expect = self.expect(merged.get("expect"), expect_path, expect_at)
         check = CheckConfig(
             service=sid, id=cid, url=url or "", kind=kind, method=method, headers=headers,
             body=body, interval=interval, timeout=timeout,
@@ -299,24 +317,27 @@ class _Validator:
         )
         return check if len(self.errors) == before else None
 
-    def expect(self, raw: Any, path: KeyPath) -> Expect | None:
-        data = self.mapping(raw, path, EXPECT_KEYS)
+    def expect(self, raw: Any, path: KeyPath, at: Callable[[str], KeyPath]) -> Expect | None:
+        data = self.mapping(raw, path, None)
+        for key in data:
+            if key not in EXPECT_KEYS:
+                self.err((*at(key), key), f'unknown key "{key}" (known: {", ".join(sorted(EXPECT_KEYS))})')
         json_assertions = []
-        for jpath, expected in self.mapping(data.get("json"), (*path, "json"), None).items():
+        for jpath, expected in self.mapping(data.get("json"), (*at("json"), "json"), None).items():
             try:
                 json_assertions.append(JsonAssertion(jpath, jsonpath.compile(jpath), expected))
             except jsonpath.JSONPathError as exc:
                 first = str(exc).splitlines()[0]
-                self.err((*path, "json", jpath), f"invalid JSONPath: {first}")
-        contains = self.field(data, "body_contains", path, _str_list, ())
+                self.err((*at("json"), "json", jpath), f"invalid JSONPath: {first}")
+        contains = self.field(data, "body_contains", at("body_contains"), _str_list, ())
         return Expect(
-            status=self.field(data, "status", path, _status_set),
+            status=self.field(data, "status", at("status"), _status_set),
             body_contains=contains,
-            body_regex=self.field(data, "body_regex", path, _regex),
+            body_regex=self.field(data, "body_regex", at("body_regex"), _regex),
             json=tuple(json_assertions),
-            headers=self.field(data, "headers", path, _header_regexes, ()),
-            max_latency=self.field(data, "max_latency", path, _duration),
-            cert_min_days=self.field(data, "cert_min_days", path, _positive_number),
+            headers=self.field(data, "headers", at("headers"), _header_regexes, ()),
+            max_latency=self.field(data, "max_latency", at("max_latency"), _duration),
+            cert_min_days=self.field(data, "cert_min_days", at("cert_min_days"), _positive_number),
         )
 
 
@@ -381,8 +402,13 @@ def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:
 
 def _url(value: Any) -> str:
     text = _str(value)
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(text)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+        parts.port  # noqa: B018 -- raises ValueError on a port that is not 0-65535
+    except ValueError:
+        ok = False
+    if not ok:
         raise ValueError(f'invalid URL "{text}" (must be http:// or https:// with a host)')
     return text
 
@@ -405,6 +431,8 @@ def _regex(value: Any) -> re.Pattern[str]:
         return re.compile(text)
     except re.error as exc:
         raise ValueError(f"invalid regex: {exc}") from None
+    except (OverflowError, RecursionError) as exc:  # a{4294967296}, ((((...))))
+        raise ValueError(f"invalid regex: {exc}") from None
 
 
 def _header_regexes(value: Any) -> tuple[tuple[str, re.Pattern[str]], ...]:
@@ -423,8 +451,8 @@ def _status_set(value: Any) -> frozenset[int]:
         elif m := _STATUS_CLASS.fullmatch(text):
             base = int(m.group(1)) * 100
             codes.update(range(base, base + 100))
-        elif (m := _STATUS_RANGE.fullmatch(text)) and 100 <= int(m.group(1)) <= int(m.group(2)) <= 599:
-            codes.update(range(int(m.group(1)), int(m.group(2)) + 1))
+        elif (m := _STATUS_RANGE.fullmatch(text)) and 100 <= int(m[1]) <= int(m[2] or m[1]) <= 599:
+            codes.update(range(int(m[1]), int(m[2] or m[1]) + 1))
         else:
             raise ValueError(f'invalid status "{text}" (use codes 100-599, ranges like 2xx or 200-299)')
     if not codes:

@@ -148,7 +148,8 @@ def build_app(target: Target) -> web.Application:
         return web.Response(
             status=503, content_type="text/html",
             text="<html><head><title>Just a moment...</title></head>"
-                 "<body><script src='/cdn-cgi/challenge-platform/h/b/orchestrate/jsch/v1'></script></body></html>",
+                 "<body><script src='/cdn-cgi/challenge-platform/h/b/orchestrate/jsch/v1'>"
+                 "</script></body></html>",
         )
 
     @routes.get("/echo-headers")

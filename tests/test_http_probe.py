@@ -261,8 +261,10 @@ def test_dns_failure_is_dns(tmp_path: Path) -> None:
     resolv = tmp_path / "resolv.conf"
     resolv.write_text("nameserver 127.0.0.1\noptions attempts:1 timeout:1\n")
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("services:\n  s:\n    checks:\n      c: {url: 'http://aipulse-test.invalid/', timeout: 5s}\n")
-    script = f"mount --bind {resolv} /etc/resolv.conf && exec {sys.executable} -m monitor.cli once --json -c {cfg}"
+    cfg.write_text(
+        "services:\n  s:\n    checks:\n      c: {url: 'http://aipulse-test.invalid/', timeout: 5s}\n")
+    script = (f"mount --bind {resolv} /etc/resolv.conf && "
+              f"exec {sys.executable} -m monitor.cli once --json -c {cfg}")
     proc = subprocess.run(["unshare", "--mount", "sh", "-c", script],
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 1, proc.stderr

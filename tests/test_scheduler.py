@@ -1,0 +1,134 @@
+"""Schedule math (pure tables) and the scheduler against real local targets."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+
+import pytest
+from helpers import make_config
+from targets import Target
+
+from monitor.config import CheckConfig
+from monitor.probes import Prober
+from monitor.result import ProbeResult
+from monitor.scheduler import Scheduler, first_tick, next_tick, spread_offset
+
+
+@pytest.mark.parametrize(
+    ("anchor", "interval", "after", "now", "expected"),
+    [
+        (0.0, 10.0, 0, 0.5, (1, 0)),    # probe took 0.5 s: next tick as planned
+        (0.0, 10.0, 0, 9.9, (1, 0)),    # probe took 9.9 s: still on time
+        (0.0, 10.0, 0, 10.5, (1, 0)),   # overran by 0.5 s: tick 1 starts late, none missed
+        (0.0, 10.0, 0, 20.5, (2, 1)),   # overran past tick 2's due: tick 1 missed
+        (0.0, 10.0, 3, 65.0, (6, 2)),   # ticks 4 and 5 missed, run 6 (due at 60) late
+        (5.0, 30.0, 7, 240.0, (8, 0)),  # due times stay anchor + k * interval
+    ],
+)
+def test_next_tick(anchor: float, interval: float, after: int, now: float, expected: tuple[int, int]) -> None:
+    assert next_tick(anchor, interval, after, now) == expected
+
+
+@pytest.mark.parametrize(
+    ("anchor", "interval", "now", "expected"),
+    [(10.0, 5.0, 0.0, 0), (10.0, 5.0, 10.0, 0), (10.0, 5.0, 10.1, 1), (10.0, 5.0, 26.0, 4)],
+)
+def test_first_tick(anchor: float, interval: float, now: float, expected: int) -> None:
+    assert first_tick(anchor, interval, now) == expected
+
+
+def test_spread_offset_is_stable_and_spread() -> None:
+    offsets = [spread_offset("svc", f"check{i}", 30.0) for i in range(1000)]
+    assert offsets == [spread_offset("svc", f"check{i}", 30.0) for i in range(1000)]
+    assert all(0 <= o < 30.0 for o in offsets)
+    # roughly uniform: every 3-second slice of the interval gets some checks
+    slices = {int(o // 3) for o in offsets}
+    assert slices == set(range(10))
+
+
+async def _run_for(checks: list[CheckConfig], seconds: float, **limits: float) -> list[ProbeResult]:
+    results: list[ProbeResult] = []
+    prober = Prober()
+    scheduler = Scheduler(prober.run, results.append,
+                          max_in_flight=int(limits.get("max_in_flight", 100)),
+                          per_host_rate=limits.get("per_host_rate", 100.0))
+    scheduler.set_checks(checks)
+    await asyncio.sleep(seconds)
+    await scheduler.stop()
+    await prober.aclose()
+    return results
+
+
+async def test_one_second_check_runs_ten_times_beside_a_hanging_check(target: Target) -> None:
+    cfg = make_config({
+        "fast": {"url": target.url("/ok"), "interval": "1s", "timeout": "1s"},
+        "hang": {"url": target.url("/hang"), "interval": "1s", "timeout": "1s"},
+    })
+    results = await _run_for(cfg.checks, 10.0)
+    fast = [r for r in results if r.check == "fast"]
+    hung = [r for r in results if r.check == "hang"]
+    assert 9 <= len(fast) <= 11, len(fast)
+    assert all(r.success for r in fast)
+    assert hung and all(r.reason == "timeout" for r in hung)
+    # fixed rate: consecutive starts are one interval apart, without drift
+    starts = [r.started for r in fast]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert all(abs(g - 1.0) < 0.15 for g in gaps), gaps
+    assert abs((starts[-1] - starts[0]) - (len(starts) - 1)) < 0.15
+
+
+async def test_per_host_rate_limit_spreads_requests(target: Target) -> None:
+    # 20 checks on one host at 100ms intervals would make 200 req/s; the limit is 10/s.
+    cfg = make_config({f"c{i}": {"url": target.url("/ok"), "interval": "100ms", "timeout": "100ms"}
+                       for i in range(20)})
+    t0 = time.time()
+    results = await _run_for(cfg.checks, 2.0, per_host_rate=10)
+    per_second: dict[int, int] = {}
+    for r in results:
+        sec = int(r.started - t0)
+        per_second[sec] = per_second.get(sec, 0) + 1
+    assert 15 <= len(results) <= 24, len(results)
+    assert max(per_second.values()) <= 11, per_second
+
+
+async def test_max_in_flight_caps_concurrency(target: Target) -> None:
+    cfg = make_config({f"c{i}": {"url": target.url("/slow?delay=0.5"), "interval": "5s", "timeout": "2s"}
+                       for i in range(6)})
+    prober = Prober()
+    in_flight = peak = 0
+
+    async def counting(check: CheckConfig) -> ProbeResult:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        try:
+            return await prober.run(check)
+        finally:
+            in_flight -= 1
+
+    results: list[ProbeResult] = []
+    scheduler = Scheduler(counting, results.append, max_in_flight=2, per_host_rate=100)
+    await scheduler.run_once(cfg.checks)
+    await prober.aclose()
+    assert peak == 2
+
+
+async def test_set_checks_keeps_unchanged_and_stops_removed(target: Target) -> None:
+    cfg = make_config({
+        "a": {"url": target.url("/ok"), "interval": "200ms", "timeout": "200ms"},
+        "b": {"url": target.url("/ok"), "interval": "200ms", "timeout": "200ms"},
+    })
+    results: list[ProbeResult] = []
+    prober = Prober()
+    scheduler = Scheduler(prober.run, results.append, max_in_flight=10, per_host_rate=100)
+    scheduler.set_checks(cfg.checks)
+    await asyncio.sleep(0.7)
+    scheduler.set_checks(cfg.checks[:1])  # drop b
+    cut = len(results)
+    await asyncio.sleep(0.7)
+    await scheduler.stop()
+    await prober.aclose()
+    later = results[cut + 1:]  # allow one b probe that was already running
+    assert later and all(r.check == "a" for r in later)
