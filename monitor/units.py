@@ -41,7 +41,7 @@ def parse_size(text: str | int) -> int:
 
 def format_duration(seconds: float) -> str:
     """Short human form: 42s, 5m 3s, 2h 10m, 3d 4h."""
-    s = int(round(seconds))
+    s = round(seconds)
     if s < 60:
         return f"{s}s"
     if s < 3600:

@@ -65,34 +65,54 @@ class Source:
 def load(text: str, name: str, env: Mapping[str, str] | None = None) -> Source:
     """Parse YAML text. Raises LocatedError (with a line) on syntax errors."""
     env = os.environ if env is None else env
+    src = Source(name=name, data=None)
     try:
         node = yaml.compose(text, Loader=_Loader)
+        if node is None:
+            src.data = {}
+            return src
+        src.lines[()] = node.start_mark.line + 1
+        # A fresh constructor per load: SafeConstructor caches every node it builds.
+        src.data = _build(node, (), src, env, yaml.constructor.SafeConstructor())
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else 1
-        problem = exc.problem or exc.context or "invalid YAML"
+        raise LocatedError((), f"invalid YAML: {_yaml_problem(exc)}", mark.line + 1 if mark else 1) from None
+    except yaml.reader.ReaderError as exc:
+        # The C reader counts bytes of UTF-8; the line is the number of newlines before.
+        line = text.encode("utf-8", "surrogatepass")[: exc.position].count(b"\n") + 1
+        problem = f"unacceptable character #x{exc.character:04x}: {exc.reason}"
         raise LocatedError((), f"invalid YAML: {problem}", line) from None
     except yaml.YAMLError as exc:
         raise LocatedError((), f"invalid YAML: {exc}", 1) from None
-    src = Source(name=name, data=None)
-    if node is None:
-        src.data = {}
-        return src
-    src.lines[()] = node.start_mark.line + 1
-    src.data = _build(node, (), src, env)
+    except RecursionError:
+        raise LocatedError((), "invalid YAML: nested too deeply", 1) from None
     return src
 
 
-_constructor = yaml.constructor.SafeConstructor()
+def _yaml_problem(exc: yaml.MarkedYAMLError) -> str:
+    if exc.context and exc.problem:  # "expected a single document", "but found another"
+        return f"{exc.context}, {exc.problem}"
+    return exc.problem or exc.context or "invalid YAML"
 
 
-def _build(node: yaml.Node, path: KeyPath, src: Source, env: Mapping[str, str]) -> Any:
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _build(
+    node: yaml.Node, path: KeyPath, src: Source, env: Mapping[str, str],
+    ctor: yaml.constructor.SafeConstructor, parents: tuple[yaml.Node, ...] = (),
+) -> Any:
+    if any(node is p for p in parents):  # `a: &x [*x]`: an alias inside its own anchor
+        raise LocatedError(path, "recursive YAML alias", node.start_mark.line + 1)
+    parents = (*parents, node)
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
-            key = _constructor.construct_object(key_node, deep=True)
-            kpath = (*path, str(key))
             line = key_node.start_mark.line + 1
+            if key_node.tag == _MERGE_TAG:  # SafeConstructor cannot even build this key
+                raise LocatedError((*path, "<<"), "YAML merge keys (<<) are not supported", line)
+            key = ctor.construct_object(key_node, deep=True)
+            kpath = (*path, str(key))
             if not isinstance(key, str):
                 raise LocatedError(kpath, f"keys must be strings, got {key!r}", line)
             if key == "<<":
@@ -100,15 +120,15 @@ def _build(node: yaml.Node, path: KeyPath, src: Source, env: Mapping[str, str]) 
             if key in out:
                 raise LocatedError(kpath, "duplicate key", line)
             src.lines[kpath] = line
-            out[key] = _build(value_node, kpath, src, env)
+            out[key] = _build(value_node, kpath, src, env, ctor, parents)
         return out
     if isinstance(node, yaml.SequenceNode):
         items = []
         for i, item in enumerate(node.value):
             src.lines[(*path, i)] = item.start_mark.line + 1
-            items.append(_build(item, (*path, i), src, env))
+            items.append(_build(item, (*path, i), src, env, ctor, parents))
         return items
-    value = _constructor.construct_object(node, deep=True)
+    value = ctor.construct_object(node, deep=True)
     if isinstance(value, str) and "$" in value:
         value = expand(value, env, path, node.start_mark.line + 1, src.secrets)
     return value
@@ -159,6 +179,8 @@ def _read_credential(name: str, path: KeyPath, line: int) -> str:
             path, f"${{file:{name}}} needs $CREDENTIALS_DIRECTORY (systemd LoadCredential=)", line
         )
     try:
-        return (Path(directory) / name).read_text().strip()
+        return (Path(directory) / name).read_text(encoding="utf-8").strip()
     except OSError as exc:
         raise LocatedError(path, f"cannot read credential {name}: {exc.strerror}", line) from None
+    except UnicodeDecodeError:
+        raise LocatedError(path, f"cannot read credential {name}: not UTF-8 text", line) from None

@@ -13,7 +13,7 @@ import trustme
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from targets import Target, serve  # noqa: E402
+from targets import Target, serve
 
 
 @pytest.fixture(scope="session")
@@ -42,7 +42,7 @@ def target(ca: trustme.CA) -> Iterator[Target]:
         yield t
 
 
-EXPIRED_NOT_AFTER = dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
+EXPIRED_NOT_AFTER = dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
 
 
 @pytest.fixture(scope="session")
@@ -61,7 +61,7 @@ def wrong_host_target(ca: trustme.CA) -> Iterator[Target]:
         yield t
 
 
-SOON_NOT_AFTER = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=5)).replace(microsecond=0)
+SOON_NOT_AFTER = (dt.datetime.now(dt.UTC) + dt.timedelta(days=5)).replace(microsecond=0)
 
 
 @pytest.fixture(scope="session")

@@ -38,7 +38,7 @@ _current: contextvars.ContextVar[ProbeTrace | None] = contextvars.ContextVar(
 class ProbeTrace:
     """Phase clock for one probe (all hops of a redirect chain added up)."""
 
-    __slots__ = ("phases", "stage", "address", "cert_expiry", "_marks")
+    __slots__ = ("_marks", "address", "cert_expiry", "phases", "stage")
 
     def __init__(self) -> None:
         self.phases = dict.fromkeys(("resolve", "connect", "tls", "processing", "transfer"), 0.0)
@@ -160,7 +160,7 @@ class TimedBackend(httpcore.AsyncNetworkBackend):
 class ProbeTransport(httpx.AsyncHTTPTransport):
     """httpx's transport over a connection pool that never keeps a connection."""
 
-    def __init__(self, ssl_context: ssl.SSLContext) -> None:  # noqa: D107
+    def __init__(self, ssl_context: ssl.SSLContext) -> None:
         # Same pool httpx builds, plus our network backend; handle_async_request and
         # the httpcore -> httpx exception mapping are inherited unchanged.
         self._pool = httpcore.AsyncConnectionPool(
