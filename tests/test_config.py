@@ -136,7 +136,7 @@ INVALID: dict[str, str] = {
         'credential binary-token: not UTF-8 text'
     ),
     'deep-nesting.yaml':
-        'deep-nesting.yaml:1: invalid YAML: nested too deeply',
+        'deep-nesting.yaml:1: invalid YAML: while increasing flow level, exceeded maximum nesting depth',
     'defaults-bad-interval.yaml': (
         'defaults-bad-interval.yaml:2: defaults.interval: invalid duration "30x" (use e.g. 500ms, 30s, '
         '5m, 1h, 7d)'
