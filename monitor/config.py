@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import jsonpath
 
+from monitor.maintenance import Maintenance, parse_every, parse_start
 from monitor.redact import Redactor
 from monitor.units import parse_duration, parse_size
 from monitor.yamlsrc import KeyPath, LocatedError, Source, format_path, load
@@ -115,6 +116,19 @@ class ServiceConfig:
     title: str
     checks: tuple[CheckConfig, ...]
     status_page: str | None = None
+    maintenance: tuple[Maintenance, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookConfig:
+    """Where outage windows are announced (notify.webhooks[])."""
+
+    url: str
+    format: str = "json"  # "json" | "slack"
+    secret: str | None = None  # HMAC-SHA256 key for the X-Aipulse-Signature header
+    timeout: float = 5.0  # per attempt
+    max_attempts: int = 8
+    retry_initial: float = 1.0  # first backoff; doubles (with jitter) up to 5 minutes
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +142,7 @@ class Config:
     max_in_flight: int = 1000
     per_host_rate: float = 20.0
     services: tuple[ServiceConfig, ...] = ()
+    webhooks: tuple[WebhookConfig, ...] = ()
     secrets: frozenset[str] = frozenset()  # expanded variable values; never print these
 
     @property
@@ -207,7 +222,7 @@ class _Validator:
         return value
 
     def config(self) -> Config:
-        top_keys = frozenset({"listen", "location", "storage", "limits", "defaults", "services"})
+        top_keys = frozenset({"listen", "location", "storage", "limits", "defaults", "services", "notify"})
         data = self.mapping(self.src.data, (), top_keys)
         host, port = self.field(data, "listen", (), lambda v: parse_listen(_str(v)),
                                 parse_listen(DEFAULT_LISTEN))
@@ -220,6 +235,7 @@ class _Validator:
         max_in_flight = self.field(limits, "max_in_flight", ("limits",), _positive_int, 1000)
         per_host_rate = self.field(limits, "per_host_rate", ("limits",), _positive_number, 20.0)
         services = self.services(data, defaults)
+        webhooks = self.webhooks(data)
         if not self.errors and not any(s.checks for s in services):
             self.err(("services",), "no checks configured (add at least one service with one check)")
         if self.errors:
@@ -235,6 +251,7 @@ class _Validator:
             max_in_flight=max_in_flight,
             per_host_rate=per_host_rate,
             services=tuple(services),
+            webhooks=webhooks,
             secrets=frozenset(self.src.secrets),
         )
 
@@ -245,7 +262,7 @@ class _Validator:
             path: KeyPath = ("services", sid)
             if not ID.fullmatch(sid):
                 self.err(path, f'invalid service id "{sid}" (use lowercase letters, digits, _ and -)')
-            sdata = self.mapping(sdata, path, frozenset({"title", "status_page", "checks"}))
+            sdata = self.mapping(sdata, path, frozenset({"title", "status_page", "maintenance", "checks"}))
             checks_raw = self.mapping(sdata.get("checks"), (*path, "checks"), None)
             if not checks_raw:
                 where = (*path, "checks") if "checks" in sdata else path
@@ -262,9 +279,66 @@ class _Validator:
                 id=sid,
                 title=self.field(sdata, "title", path, _str, sid),
                 status_page=self.field(sdata, "status_page", path, _url),
+                maintenance=self.maintenance(sdata.get("maintenance"), (*path, "maintenance")),
                 checks=tuple(checks),
             ))
         return out
+
+    def maintenance(self, raw: Any, path: KeyPath) -> tuple[Maintenance, ...]:
+        if raw is None:
+            return ()
+        if not isinstance(raw, list):
+            self.err(path, f"must be a list of maintenance windows, got {_kind(raw)}")
+            return ()
+        out = []
+        for i, item in enumerate(raw):
+            ipath: KeyPath = (*path, i)
+            item = self.mapping(item, ipath, frozenset({"start", "every", "duration"}))
+            if not item:
+                continue
+            if ("start" in item) == ("every" in item):
+                self.err(ipath, 'set either "start" (one-off) or "every" (recurring)')
+                continue
+            if "duration" not in item:
+                self.err(ipath, 'missing required key "duration"')
+                continue
+            duration = self.field(item, "duration", ipath, _duration)
+            start = self.field(item, "start", ipath, parse_start)
+            every = self.field(item, "every", ipath, parse_every)
+            if duration is None or (start is None and every is None):
+                continue
+            if every is not None:
+                out.append(Maintenance(duration, weekdays=every[0], minute_of_day=every[1]))
+            else:
+                out.append(Maintenance(duration, start=start))
+        return tuple(out)
+
+    def webhooks(self, data: Mapping[str, Any]) -> tuple[WebhookConfig, ...]:
+        notify = self.mapping(data.get("notify"), ("notify",), frozenset({"webhooks"}))
+        raw = notify.get("webhooks")
+        if raw is None:
+            return ()
+        path: KeyPath = ("notify", "webhooks")
+        if not isinstance(raw, list):
+            self.err(path, f"must be a list of webhooks, got {_kind(raw)}")
+            return ()
+        keys = frozenset({"url", "format", "secret", "timeout", "max_attempts", "retry_initial"})
+        out = []
+        for i, item in enumerate(raw):
+            ipath: KeyPath = (*path, i)
+            item = self.mapping(item, ipath, keys)
+            if "url" not in item:
+                self.err(ipath, 'missing required key "url"')
+                continue
+            out.append(WebhookConfig(
+                url=self.field(item, "url", ipath, _url),
+                format=self.field(item, "format", ipath, _choice(("json", "slack")), "json"),
+                secret=self.field(item, "secret", ipath, _str),
+                timeout=self.field(item, "timeout", ipath, _duration, 5.0),
+                max_attempts=self.field(item, "max_attempts", ipath, _positive_int, 8),
+                retry_initial=self.field(item, "retry_initial", ipath, _duration, 1.0),
+            ))
+        return tuple(out)
 
     def check(self, sid: str, cid: str, cdata: Any, defaults: Mapping[str, Any],
               path: KeyPath) -> CheckConfig | None:

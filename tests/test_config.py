@@ -240,7 +240,7 @@ INVALID: dict[str, str] = {
     ),
     'unknown-key.yaml': (
         'unknown-key.yaml:2: service: unknown key "service" (known: defaults, limits, listen, '
-        'location, services, storage)'
+        'location, notify, services, storage)'
     ),
     'unknown-limits-key.yaml': (
         'unknown-limits-key.yaml:2: limits.max_inflight: unknown key "max_inflight" (known: '
@@ -248,7 +248,7 @@ INVALID: dict[str, str] = {
     ),
     'unknown-service-key.yaml': (
         'unknown-service-key.yaml:3: services.demo.name: unknown key "name" (known: checks, '
-        'status_page, title)'
+        'maintenance, status_page, title)'
     ),
     'unknown-tag.yaml':
         "unknown-tag.yaml:6: invalid YAML: could not determine a constructor for the tag '!upper'",
