@@ -1,4 +1,4 @@
-"""Command line: `aipulse run | check-config | once | --version`."""
+"""Command line: `aipulse run | check-config | once | outages | --version`."""
 
 from __future__ import annotations
 
@@ -8,13 +8,15 @@ import dataclasses
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 
 from monitor import __version__
-from monitor.config import Config, ConfigError, default_path, load_file, parse_listen
+from monitor.config import Config, ConfigError, database_path, default_path, load_file, parse_listen
 from monitor.probes import Prober
 from monitor.result import ProbeResult
 from monitor.scheduler import Scheduler
+from monitor.units import format_duration, parse_time, rfc3339
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,7 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the daemon")
     with_config(run)
     run.add_argument("--listen", help="HOST:PORT to serve /metrics on (default 127.0.0.1:9478)")
-    run.add_argument("--db", help="SQLite database path")
+    run.add_argument("--db", help="SQLite database (default: storage.path, else "
+                     "$STATE_DIRECTORY/aipulse.db, else ./aipulse.db)")
     run.add_argument("--location", help="value of the location label on every series")
     run.set_defaults(func=cmd_run)
 
@@ -54,6 +57,15 @@ def _parser() -> argparse.ArgumentParser:
     with_config(once)
     once.add_argument("--json", action="store_true", help="print JSON instead of a table")
     once.set_defaults(func=cmd_once)
+
+    outages = sub.add_parser("outages", help="list outage windows from the history database")
+    outages.add_argument("--db", help="SQLite database (default: as aipulse run)")
+    outages.add_argument("--since", default="7d", help="RFC 3339 time or an age like 24h, 7d (default 7d)")
+    outages.add_argument("--until", help="RFC 3339 time or an age")
+    outages.add_argument("--service", help="only this service")
+    outages.add_argument("--check", help="only this check")
+    outages.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    outages.set_defaults(func=cmd_outages)
     return p
 
 
@@ -115,11 +127,15 @@ def cmd_once(args: argparse.Namespace) -> int:
 async def _probe_all(cfg: Config) -> list[ProbeResult]:
     prober = Prober(cfg.secrets)
     try:
-        scheduler = Scheduler(prober.run, lambda r: None, max_in_flight=cfg.max_in_flight,
+        scheduler = Scheduler(prober.run, _ignore, max_in_flight=cfg.max_in_flight,
                               per_host_rate=cfg.per_host_rate)
         return await scheduler.run_once(cfg.checks)
     finally:
         await prober.aclose()
+
+
+async def _ignore(result: ProbeResult) -> None:
+    pass
 
 
 def _result_json(r: ProbeResult) -> dict[str, object]:
@@ -131,17 +147,53 @@ def _result_json(r: ProbeResult) -> dict[str, object]:
     }
 
 
+def cmd_outages(args: argparse.Namespace) -> int:
+    from monitor.api import window_json
+    from monitor.store import StorageError, query_windows
+
+    path = database_path(args.db)
+    if not Path(path).exists():
+        print(f"{path}: no such database (aipulse run creates it; --db PATH to choose)", file=sys.stderr)
+        return 1
+    now = time.time()
+    try:
+        since = parse_time(args.since, now)
+        until = parse_time(args.until, now) if args.until else None
+    except ValueError as exc:
+        print(f"aipulse outages: {exc}", file=sys.stderr)
+        return 2
+    try:
+        windows = query_windows(path, service=args.service, check=args.check, since=since, until=until)
+    except StorageError as exc:
+        print(f"{path}: {exc}", file=sys.stderr)
+        return 1
+    rows = [window_json(w, now) for w in windows]
+    if args.json:
+        print(json.dumps({"outages": rows}, indent=2))
+        return 0
+    table = [("SERVICE", "CHECK", "KIND", "SEVERITY", "START", "END", "DURATION", "REASON")]
+    for r in rows:
+        table.append((r["service"], r["check"] or "-", r["kind"], r["severity"], r["start"],
+                      r["end"] or "open", format_duration(r["duration_seconds"]), r["reason"]))
+    print(_columns(table))
+    if not rows:
+        print(f"no outage windows since {rfc3339(since)}")
+    return 0
+
+
+def _columns(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+                     for row in rows)
+
+
 def format_table(results: list[ProbeResult]) -> str:
     rows = [("SERVICE", "CHECK", "RESULT", "HTTP", "TIME", "DETAIL")]
     for r in results:
         outcome = "degraded" if r.degraded else r.reason.value
         rows.append((r.service, r.check, outcome, str(r.status_code or "-"),
                      f"{r.duration * 1000:.0f}ms", r.detail[:80]))
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
-    return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(row[:5], widths, strict=True)) + "  " + row[5]
-        for row in rows
-    ).rstrip()
+    return _columns(rows)
 
 
 if __name__ == "__main__":

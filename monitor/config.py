@@ -9,6 +9,7 @@ regexes and JSONPaths are compiled here, and every error names file, line and ke
 from __future__ import annotations
 
 import json as jsonlib
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -535,3 +536,15 @@ def _status_set(value: Any) -> frozenset[int]:
     if not codes:
         raise ValueError("must list at least one status")
     return frozenset(codes)
+
+
+def database_path(configured: str | None, env: Mapping[str, str] | None = None) -> str:
+    """Where the SQLite history lives: the configured path (relative paths are under
+    $STATE_DIRECTORY when systemd sets it), else $STATE_DIRECTORY/aipulse.db, else
+    ./aipulse.db."""
+    env = os.environ if env is None else env
+    state_dir = env.get("STATE_DIRECTORY", "").split(":")[0]
+    if configured:
+        path = Path(configured)
+        return str(Path(state_dir) / path if state_dir and not path.is_absolute() else path)
+    return str(Path(state_dir or ".") / "aipulse.db")

@@ -1,4 +1,4 @@
-"""The daemon: wires config, scheduler, probes, live state and the HTTP server."""
+"""The daemon: wires config, scheduler, probes, pipeline, store, notifier and server."""
 
 from __future__ import annotations
 
@@ -6,18 +6,24 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 
 from aiohttp import web
 
 from monitor import server
-from monitor.config import Config
+from monitor.availability import WINDOWS
+from monitor.config import Config, database_path
 from monitor.live import LiveState
 from monitor.metrics import make_registry
+from monitor.notify import Notifier
+from monitor.pipeline import Pipeline, restart_gap_events
 from monitor.probes import Prober
-from monitor.result import ProbeResult
 from monitor.scheduler import Scheduler
+from monitor.store import Store
 
 log = logging.getLogger("aipulse")
+
+HEARTBEAT_EVERY = 5.0  # seconds; after a crash, the gap starts at most this much early
 
 
 class Daemon:
@@ -25,6 +31,7 @@ class Daemon:
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.db_path = database_path(config.storage_path)
         self.live = LiveState()
         self.registry = make_registry(self.live, config.location)
         self.port: int | None = None
@@ -37,47 +44,56 @@ class Daemon:
     async def run(self) -> None:
         cfg = self.config
         prober = Prober(cfg.secrets)
-        self.live.set_checks(cfg.checks)
+        store = Store(self.db_path, cfg.results_retention)
+        now = time.time()
+        history = store.open(since=now - WINDOWS["30d"])
+        notifier = Notifier(cfg.webhooks, cfg.location, prober.redact) if cfg.webhooks else None
+        pipeline = Pipeline(cfg, self.live, store, notifier)
+        pipeline.restore(history.open_windows, history.windows, history.transitions, history.gaps,
+                         history.first_seen)
+        await pipeline.commit(restart_gap_events(history.gaps, history.heartbeat, now))
+        if history.open_windows:
+            log.info("resuming %d open windows", len(history.open_windows))
         scheduler = Scheduler(
-            prober.run, self.on_result,
+            prober.run, pipeline.handle,
             max_in_flight=cfg.max_in_flight, per_host_rate=cfg.per_host_rate,
             on_lag=self.live.scheduler_lag.observe, on_missed=self._on_missed,
         )
-        self._runner = await server.start(
-            server.make_app(self.live, self.registry), cfg.listen_host, cfg.listen_port
-        )
-        self.port = server.bound_port(self._runner)
+        heartbeat = asyncio.create_task(self._heartbeat(store))
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, self.stop)
         try:
+            self._runner = await server.start(
+                server.make_app(self.live, self.registry, self.db_path), cfg.listen_host, cfg.listen_port
+            )
+            self.port = server.bound_port(self._runner)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.add_signal_handler(sig, self.stop)
             scheduler.set_checks(cfg.checks)
             self.live.ready = True
-            log.info("aipulse started: %d checks in %d services, listening on %s:%d",
-                     len(cfg.checks), len(cfg.services), cfg.listen_host, self.port)
+            log.info("aipulse started: %d checks in %d services, listening on %s:%d, history in %s",
+                     len(cfg.checks), len(cfg.services), cfg.listen_host, self.port, self.db_path)
             await self._stop.wait()
             log.info("stopping")
         finally:
             await scheduler.stop()
-            await self._runner.cleanup()
+            heartbeat.cancel()
+            if self._runner is not None:
+                await self._runner.cleanup()
+            if notifier is not None:
+                await notifier.aclose(timeout=2.0)
+            store.heartbeat(time.time())
+            await store.close()
             await prober.aclose()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
 
-    def on_result(self, result: ProbeResult) -> None:
-        stats = self.live.checks.get((result.service, result.check))
-        before = stats.last if stats is not None else None
-        self.live.record(result)
-        # One line per change of outcome, not per probe.
-        if before is None or before.reason != result.reason:
-            name = f"{result.service}/{result.check}"
-            if result.success:
-                if before is not None:
-                    log.info("%s is ok again (was %s)", name, before.reason)
-            else:
-                log.warning("%s failed: %s: %s", name, result.reason, result.detail)
+    async def _heartbeat(self, store: Store) -> None:
+        while True:
+            store.heartbeat(time.time())
+            self.live.storage_errors = store.errors
+            await asyncio.sleep(HEARTBEAT_EVERY)
 
     def _on_missed(self, n: int) -> None:
         self.live.missed_intervals += n

@@ -1,6 +1,7 @@
-"""In-memory view of the latest results, read by /metrics and the API at scrape time.
+"""In-memory view of the latest results and outage state, read by /metrics and the API.
 
-The scheduler feeds results in (`record`); readers only look. Everything here is
+The pipeline writes here only after an event is durably stored, so what a scrape or
+the API shows is always already in the database. Readers only look. Everything is
 plain data on the event loop's thread, so no locks are needed.
 """
 
@@ -10,8 +11,11 @@ import bisect
 from collections import Counter
 from dataclasses import dataclass, field
 
-from monitor.config import CheckConfig
+from monitor.availability import WINDOWS, Interval, availability
+from monitor.config import CheckConfig, ServiceConfig
+from monitor.outage import Gap, OutageWindow, State
 from monitor.result import ProbeResult
+from monitor.rollup import OPERATIONAL
 
 DURATION_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
@@ -43,43 +47,114 @@ class Histogram:
 
 @dataclass
 class CheckStats:
-    """Everything /metrics says about one check."""
+    """Everything /metrics and the API say about one check."""
 
     check: CheckConfig
     last: ProbeResult | None = None
     reasons: Counter[str] = field(default_factory=lambda: Counter({"ok": 0}))
     durations: Histogram = field(default_factory=lambda: Histogram(DURATION_BUCKETS))
+    state: State = State.UNKNOWN
+    window: OutageWindow | None = None  # the open window, if any
+    outages_opened: int = 0  # down windows opened since start
+    last_down: OutageWindow | None = None  # the latest down window (open or closed)
+    last_closed_down: OutageWindow | None = None
+    first_seen: float | None = None
+    down_spans: list[Interval] = field(default_factory=list)  # down windows, recent first-to-last
+    unknown_spans: list[Interval] = field(default_factory=list)  # from the state timeline
+    _availability: dict[str, float | None] = field(default_factory=dict)
+    _availability_at: float = float("-inf")
 
     def record(self, result: ProbeResult) -> None:
         self.last = result
         self.reasons[result.reason.value] += 1
         self.durations.observe(result.duration)
+        if self.first_seen is None:
+            self.first_seen = result.started
+
+    def set_state(self, state: State, at: float) -> None:
+        if state is State.UNKNOWN and self.state is not State.UNKNOWN:
+            self.unknown_spans.append((at, None))
+        elif state is not State.UNKNOWN and self.unknown_spans and self.unknown_spans[-1][1] is None:
+            self.unknown_spans[-1] = (self.unknown_spans[-1][0], at)
+        self.state = state
+        self._availability_at = float("-inf")
+
+    def window_opened(self, window: OutageWindow) -> None:
+        self.window = window
+        if window.kind == "down":
+            self.outages_opened += 1
+            self.last_down = window
+            self.down_spans.append((window.start, None))
+        self._availability_at = float("-inf")
+
+    def window_closed(self, window: OutageWindow) -> None:
+        self.window = None
+        if window.kind == "down":
+            self.last_down = self.last_closed_down = window
+            for i in range(len(self.down_spans) - 1, -1, -1):
+                if self.down_spans[i] == (window.start, None):
+                    self.down_spans[i] = (window.start, window.end)
+                    break
+        self._availability_at = float("-inf")
+
+    def availability(self, now: float, gaps: list[Interval], maintenance: list[Interval],
+                     max_age: float = 10.0) -> dict[str, float | None]:
+        """Availability per window; recomputed at most every `max_age` seconds."""
+        if now - self._availability_at > max_age:
+            unknown = [*self.unknown_spans, *gaps, *maintenance]
+            self._availability = {
+                name: availability(now, span, self.first_seen, self.down_spans, unknown)
+                for name, span in WINDOWS.items()
+            }
+            self._availability_at = now
+            self._prune(now)
+        return self._availability
+
+    def _prune(self, now: float) -> None:
+        horizon = now - max(WINDOWS.values())
+        self.down_spans = [s for s in self.down_spans if s[1] is None or s[1] > horizon]
+        self.unknown_spans = [s for s in self.unknown_spans if s[1] is None or s[1] > horizon]
+
+
+@dataclass
+class ServiceStats:
+    service: ServiceConfig
+    status: str = OPERATIONAL
+    window: OutageWindow | None = None
 
 
 class LiveState:
-    """Latest results for the checks of the running config."""
+    """Latest results and outage state for the checks of the running config."""
 
     def __init__(self) -> None:
         self.checks: dict[tuple[str, str], CheckStats] = {}
+        self.services: dict[str, ServiceStats] = {}
+        self.gaps: list[Gap] = []
         self.scheduler_lag = Histogram(LAG_BUCKETS)
         self.missed_intervals = 0
+        self.storage_errors = 0
         self.reload_ok = True
         self.ready = False
 
-    def set_checks(self, checks: list[CheckConfig]) -> None:
-        """Adopt a config's checks; known checks keep their counters, removed ones vanish."""
-        old = self.checks
-        self.checks = {}
-        for check in checks:
-            stats = old.get(check.key)
-            if stats is None:
-                stats = CheckStats(check)
-            else:
+    def set_services(self, services: tuple[ServiceConfig, ...]) -> None:
+        """Adopt a config's services and checks; known ones keep their state, removed
+        ones vanish."""
+        old_checks, old_services = self.checks, self.services
+        self.checks, self.services = {}, {}
+        for service in services:
+            sstats = old_services.get(service.id) or ServiceStats(service)
+            sstats.service = service
+            self.services[service.id] = sstats
+            for check in service.checks:
+                stats = old_checks.get(check.key) or CheckStats(check)
                 stats.check = check
-            self.checks[check.key] = stats
+                self.checks[check.key] = stats
 
     def record(self, result: ProbeResult) -> CheckStats | None:
         stats = self.checks.get((result.service, result.check))
         if stats is not None:  # a result for a check removed by a reload is dropped
             stats.record(result)
         return stats
+
+    def gap_spans(self) -> list[Interval]:
+        return [(g.start, g.end) for g in self.gaps]

@@ -6,6 +6,7 @@ appearing. Every series carries the constant `location` label.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 from prometheus_client.core import (
@@ -18,8 +19,13 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from monitor import __version__
+from monitor.availability import WINDOWS
 from monitor.live import LiveState
+from monitor.outage import State
 from monitor.result import PHASES
+from monitor.rollup import SERVICE_STATUSES
+
+STATES = tuple(s.value for s in State)
 
 
 class AipulseCollector(Collector):
@@ -62,6 +68,7 @@ class AipulseCollector(Collector):
             if last.cert_expiry is not None:
                 cert.add_metric(labels, last.cert_expiry)
         yield from (success, duration, phase, probes, status, cert)
+        yield from self._outages(check_labels)
 
         lag = HistogramMetricFamily(
             "aipulse_scheduler_lag_seconds", "Delay between a probe's due time and its start.",
@@ -74,6 +81,11 @@ class AipulseCollector(Collector):
             labels=["location"])
         missed.add_metric([loc], self.live.missed_intervals)
         yield missed
+        storage = CounterMetricFamily(
+            "aipulse_storage_errors", "Failed writes to the SQLite history (retried).",
+            labels=["location"])
+        storage.add_metric([loc], self.live.storage_errors)
+        yield storage
         reload_ok = GaugeMetricFamily(
             "aipulse_config_last_reload_successful", "1 if the last config load succeeded.",
             labels=["location"])
@@ -82,6 +94,55 @@ class AipulseCollector(Collector):
         build = GaugeMetricFamily("aipulse_build_info", "aipulse version.", labels=["version", "location"])
         build.add_metric([__version__, loc], 1.0)
         yield build
+
+
+    def _outages(self, check_labels: list[str]) -> Iterator[Metric]:
+        loc, now = self.location, time.time()
+        state = GaugeMetricFamily(
+            "aipulse_check_state", "Current state of the check: 1 for the current state.",
+            labels=["service", "check", "state", "location"])
+        active = GaugeMetricFamily(
+            "aipulse_outage_active", "1 while the check has an open outage (down) window.",
+            labels=check_labels)
+        opened = CounterMetricFamily(
+            "aipulse_outages", "Outage (down) windows opened.", labels=check_labels)
+        last_start = GaugeMetricFamily(
+            "aipulse_outage_last_start_timestamp_seconds",
+            "Start of the latest outage window (back-dated to its first failure).", labels=check_labels)
+        last_duration = GaugeMetricFamily(
+            "aipulse_outage_last_duration_seconds", "Duration of the latest closed outage window.",
+            labels=check_labels)
+        ratio = GaugeMetricFamily(
+            "aipulse_availability_ratio",
+            "Time up / time observed (unknown and maintenance excluded) over the window.",
+            labels=["service", "check", "window", "location"])
+        gaps = self.live.gap_spans()
+        maintenance = {
+            sid: [span for m in s.service.maintenance for span in m.spans(now - WINDOWS["30d"], now)]
+            for sid, s in self.live.services.items()
+        }
+        for (service, check), stats in self.live.checks.items():
+            labels = [service, check, loc]
+            for name in STATES:
+                state.add_metric([service, check, name, loc], 1.0 if stats.state == name else 0.0)
+            window = stats.window
+            active.add_metric(labels, 1.0 if window is not None and window.kind == "down" else 0.0)
+            opened.add_metric(labels, stats.outages_opened)
+            if stats.last_down is not None:
+                last_start.add_metric(labels, stats.last_down.start)
+            if stats.last_closed_down is not None and stats.last_closed_down.end is not None:
+                last_duration.add_metric(labels, stats.last_closed_down.end - stats.last_closed_down.start)
+            for name, value in stats.availability(now, gaps, maintenance.get(service, [])).items():
+                if value is not None:
+                    ratio.add_metric([service, check, name, loc], value)
+        yield from (state, active, opened, last_start, last_duration, ratio)
+        status = GaugeMetricFamily(
+            "aipulse_service_status", "Service status (Statuspage vocabulary): 1 for the current one.",
+            labels=["service", "status", "location"])
+        for sid, sstats in self.live.services.items():
+            for name in SERVICE_STATUSES:
+                status.add_metric([sid, name, loc], 1.0 if sstats.status == name else 0.0)
+        yield status
 
 
 def make_registry(live: LiveState, location: str) -> CollectorRegistry:

@@ -6,7 +6,8 @@ Each probe result becomes an observation of one *level*::
     DEGRADED (1)  every assertion held, slower than expect.max_latency
     DOWN (2)      any failure reason except `blocked`
     None          unknown: `blocked`, monitor offline, maintenance. Neutral: it
-                  neither extends nor breaks a streak.
+                  neither extends nor breaks a streak, and never closes a window;
+                  the check's state is `unknown` until the next known observation.
 
 A window of kind `down` opens after `open_after` consecutive observations at DOWN; a
 window of kind `degraded` after `open_after` consecutive observations at DEGRADED or
@@ -148,24 +149,27 @@ class CheckTracker:
     def observe(self, at: float, level: Level | None, reason: str = "") -> list[Event]:
         events: list[Event] = []
         if level is None:
-            if self.window is None:
-                self._set_state(State.UNKNOWN, at, events)
+            # We cannot see the service now; an open window stays open (and keeps the
+            # service's status), but this time is unknown, not down.
+            self._set_state(State.UNKNOWN, at, events)
             return events
         self._recent.append((at, level, reason))
         if self.window is not None and level >= LEVEL_OF_KIND[self.window.kind]:
             self._reasons[reason] += 1
         self._escalate(events, at)
         self._recover(events, at)
-        if self.window is None:
-            # Hysteresis: a failure that has not (yet) opened a window leaves the check up.
-            self._set_state(State.UP, at, events)
+        # Hysteresis: a failure that has not (yet) opened a window leaves the check up.
+        self._set_state(State(self.window.kind) if self.window else State.UP, at, events)
         return events
 
     def forget_pending(self, at_or_after: float) -> None:
         """Drop observations from `at_or_after` on (they turned out to be the monitor's
         own outage, not the service's)."""
         while self._recent and self._recent[-1][0] >= at_or_after:
-            self._recent.pop()
+            at, level, reason = self._recent.pop()
+            if (self.window is not None and at >= self.window.start
+                    and level >= LEVEL_OF_KIND[self.window.kind]):
+                self._reasons -= Counter([reason])  # it was counted for the open window
 
     def _streak(self, n: int, ok: Callable[[Level], bool]) -> list[tuple[float, Level, str]] | None:
         if len(self._recent) < n:
@@ -173,18 +177,31 @@ class CheckTracker:
         tail = list(self._recent)[-n:]
         return tail if all(ok(level) for _, level, _ in tail) else None
 
+    def _run(self, ok: Callable[[Level], bool]) -> list[tuple[float, Level, str]]:
+        """The trailing run of recent observations that satisfy `ok`, oldest first."""
+        run: list[tuple[float, Level, str]] = []
+        for obs in reversed(self._recent):
+            if not ok(obs[1]):
+                break
+            run.append(obs)
+        return run[::-1]
+
     def _escalate(self, events: list[Event], now: float) -> None:
         current = LEVEL_OF_KIND[self.window.kind] if self.window else Level.GOOD
         for level in (Level.DOWN, Level.DEGRADED):
             if current >= level:
                 return
-            streak = self._streak(self.open_after, lambda lv, lvl=level: lv >= lvl)
-            if streak is None:
+            # The whole run, not only its last open_after: after a down window closes on
+            # slow probes, the run of them can already be longer than open_after.
+            streak = self._run(lambda lv, lvl=level: lv >= lvl)
+            if len(streak) < self.open_after:
                 continue
             start = streak[0][0]
             if self.window is not None:
-                # degraded -> down: the degraded window ends where the down one starts
+                # degraded -> down: the degraded window ends where the down one starts,
+                # and the down streak's reasons are not the degraded window's.
                 start = max(start, self.window.start)
+                self._reasons -= Counter(r for at, _, r in streak if at >= start)
                 self._close(start, events)
             kind = KIND_OF_LEVEL[level]
             self._reasons = Counter(r for _, lv, r in streak if lv >= level)

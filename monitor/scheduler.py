@@ -22,7 +22,7 @@ from monitor.result import ProbeResult
 log = logging.getLogger(__name__)
 
 RunProbe = Callable[[CheckConfig], Awaitable[ProbeResult]]
-OnResult = Callable[[ProbeResult], None]
+OnResult = Callable[[ProbeResult], Awaitable[None]]
 
 
 def spread_offset(service: str, check: str, interval: float) -> float:
@@ -119,7 +119,7 @@ class Scheduler:
                 await asyncio.sleep(delay)
             result = await self._guarded(check, due)
             try:
-                self._on_result(result)
+                await self._on_result(result)
             except Exception:  # a bug downstream must not stop this check
                 log.exception("handling the result of %s/%s failed", check.service, check.id)
             tick, missed = next_tick(anchor, check.interval, tick, loop.time())

@@ -3,6 +3,7 @@
     GET /metrics   Prometheus text, or OpenMetrics when the Accept header asks
     GET /healthz   200 while the event loop is alive
     GET /readyz    200 once the config is loaded and the first round is scheduled
+    GET /api/v1/status, /api/v1/outages   see monitor.api
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client.registry import CollectorRegistry
 
+from monitor import api
 from monitor.live import LiveState
 from monitor.metrics import render
 
-LIVE = web.AppKey("live", LiveState)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 
 
@@ -27,14 +28,14 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    if request.app[LIVE].ready:
+    if request.app[api.LIVE].ready:
         return web.Response(text="ready\n")
     return web.Response(status=503, text="not ready\n")
 
 
-def make_app(live: LiveState, registry: CollectorRegistry) -> web.Application:
+def make_app(live: LiveState, registry: CollectorRegistry, db_path: str) -> web.Application:
     app = web.Application(client_max_size=64 * 1024)
-    app[LIVE] = live
+    api.add_routes(app, live, db_path)
     app[REGISTRY] = registry
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
@@ -49,3 +50,27 @@ def format_duration(seconds: float) -> str:
     if s < 86400:
         return f"{s // 3600}h {s % 3600 // 60}m"
     return f"{s // 86400}d {s % 86400 // 3600}h"
+
+
+def parse_time(text: str, now: float) -> float:
+    """RFC 3339 ('2025-01-27T13:33:00Z') or an age ('7d', '24h' = that long ago) -> epoch."""
+    text = text.strip()
+    try:
+        return now - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise ValueError(f'invalid time "{text}" (use RFC 3339 like 2025-01-27T13:33:00Z, '
+                         "or an age like 7d or 24h)") from None
+    if when.tzinfo is None:
+        raise ValueError(f'time "{text}" has no timezone (add Z for UTC)')
+    return when.timestamp()
+
+
+def rfc3339(t: float | None) -> str | None:
+    """Epoch seconds -> '2025-01-27T13:33:00Z' (UTC, whole seconds), None stays None."""
+    if t is None:
+        return None
+    return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

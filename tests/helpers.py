@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.config import CheckConfig, Config, parse
 
@@ -33,3 +41,64 @@ def wait_for(fn: Callable[[], T], timeout: float = 10.0, every: float = 0.02) ->
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s (last value {value!r})")
         time.sleep(every)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RunningDaemon:
+    def __init__(self, proc: subprocess.Popen[str], port: int, log: Path, location: str) -> None:
+        self.proc, self.port, self.log, self.location = proc, port, log, location
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def get(self, path: str, **kw: object) -> httpx.Response:
+        return httpx.get(self.url(path), timeout=5, **kw)  # type: ignore[arg-type]
+
+    def samples(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        out = {}
+        for family in text_string_to_metric_families(self.get("/metrics").text):
+            for s in family.samples:
+                out[(s.name, frozenset(s.labels.items()))] = s.value
+        return out
+
+    def value(self, name: str, _samples: dict | None = None, **labels: str) -> float | None:
+        labels.setdefault("location", self.location)
+        return (_samples or self.samples()).get((name, frozenset(labels.items())))
+
+
+@contextmanager
+def start_daemon(config: dict[str, Any], tmp_path: Path, db: Path | None = None,
+                 log_name: str = "daemon.log") -> Iterator[RunningDaemon]:
+    """`aipulse run` in a subprocess on a free port, ready when /readyz says so."""
+    port = free_port()
+    config = {"listen": f"127.0.0.1:{port}", **config}
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    log = tmp_path / log_name
+    args = [sys.executable, "-m", "monitor.cli", "run", "-c", str(cfg)]
+    if db is not None:
+        args += ["--db", str(db)]
+    with log.open("w") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+                                env={k: v for k, v in os.environ.items() if k != "STATE_DIRECTORY"})
+    d = RunningDaemon(proc, port, log, str(config.get("location", "local")))
+
+    def ready() -> bool:
+        try:
+            return d.get("/readyz").status_code == 200
+        except httpx.HTTPError:
+            assert proc.poll() is None, log.read_text()
+            return False
+
+    try:
+        wait_for(ready, timeout=15)
+        yield d
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

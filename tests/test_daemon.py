@@ -5,56 +5,23 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
-from helpers import wait_for
-from prometheus_client.parser import text_string_to_metric_families
+from helpers import RunningDaemon, start_daemon, wait_for
 from targets import Target
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class RunningDaemon:
-    def __init__(self, proc: subprocess.Popen[str], port: int, log: Path) -> None:
-        self.proc, self.port, self.log = proc, port, log
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def get(self, path: str, **kw: object) -> httpx.Response:
-        return httpx.get(self.url(path), timeout=5, **kw)  # type: ignore[arg-type]
-
-    def samples(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-        out = {}
-        for family in text_string_to_metric_families(self.get("/metrics").text):
-            for s in family.samples:
-                out[(s.name, frozenset(s.labels.items()))] = s.value
-        return out
-
-    def value(self, name: str, _samples: dict | None = None, **labels: str) -> float | None:
-        labels.setdefault("location", "test-lab")
-        return (_samples or self.samples()).get((name, frozenset(labels.items())))
-
-
 @pytest.fixture
 def daemon(tmp_path: Path, target: Target) -> Iterator[RunningDaemon]:
-    port = free_port()
     config = {
-        "listen": f"127.0.0.1:{port}",
         "location": "test-lab",
         "defaults": {"interval": "200ms", "timeout": "200ms"},
         "services": {
@@ -66,28 +33,8 @@ def daemon(tmp_path: Path, target: Target) -> Iterator[RunningDaemon]:
             }},
         },
     }
-    cfg = tmp_path / "config.yaml"
-    cfg.write_text(yaml.safe_dump(config))
-    log = tmp_path / "daemon.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "monitor.cli", "run", "-c", str(cfg)],
-            stdout=out, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
-        )
-    d = RunningDaemon(proc, port, log)
-
-    def ready() -> bool:
-        try:
-            return d.get("/readyz").status_code == 200
-        except httpx.HTTPError:
-            assert proc.poll() is None, log.read_text()
-            return False
-
-    wait_for(ready, timeout=15)
-    yield d
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+    with start_daemon(config, tmp_path) as d:
+        yield d
 
 
 def test_metrics_report_each_check(daemon: RunningDaemon) -> None:
@@ -162,8 +109,9 @@ def test_logs_one_line_per_change_not_per_probe(daemon: RunningDaemon) -> None:
     daemon.proc.send_signal(signal.SIGINT)
     assert daemon.proc.wait(timeout=5) == 0
     lines = [ln for ln in daemon.log.read_text().splitlines() if "acme/api" in ln]
-    assert len(lines) == 1
-    assert "acme/api failed: http_5xx: HTTP 500 not expected" in lines[0]
+    assert len(lines) == 1, lines
+    assert "WARNING aipulse: acme/api: outage since " in lines[0]
+    assert lines[0].endswith("(http_5xx)")
 
 
 def test_listen_port_in_use_is_a_clear_error(tmp_path: Path, daemon: RunningDaemon) -> None:

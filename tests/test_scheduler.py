@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections.abc import Awaitable, Callable
 
 import pytest
 from helpers import make_config
@@ -48,10 +49,16 @@ def test_spread_offset_is_stable_and_spread() -> None:
     assert slices == set(range(10))
 
 
+def collector(results: list[ProbeResult]) -> Callable[[ProbeResult], Awaitable[None]]:
+    async def collect(result: ProbeResult) -> None:
+        results.append(result)
+    return collect
+
+
 async def _run_for(checks: list[CheckConfig], seconds: float, **limits: float) -> list[ProbeResult]:
     results: list[ProbeResult] = []
     prober = Prober()
-    scheduler = Scheduler(prober.run, results.append,
+    scheduler = Scheduler(prober.run, collector(results),
                           max_in_flight=int(limits.get("max_in_flight", 100)),
                           per_host_rate=limits.get("per_host_rate", 100.0))
     scheduler.set_checks(checks)
@@ -109,7 +116,7 @@ async def test_max_in_flight_caps_concurrency(target: Target) -> None:
             in_flight -= 1
 
     results: list[ProbeResult] = []
-    scheduler = Scheduler(counting, results.append, max_in_flight=2, per_host_rate=100)
+    scheduler = Scheduler(counting, collector(results), max_in_flight=2, per_host_rate=100)
     await scheduler.run_once(cfg.checks)
     await prober.aclose()
     assert peak == 2
@@ -122,7 +129,7 @@ async def test_set_checks_keeps_unchanged_and_stops_removed(target: Target) -> N
     })
     results: list[ProbeResult] = []
     prober = Prober()
-    scheduler = Scheduler(prober.run, results.append, max_in_flight=10, per_host_rate=100)
+    scheduler = Scheduler(prober.run, collector(results), max_in_flight=10, per_host_rate=100)
     scheduler.set_checks(cfg.checks)
     await asyncio.sleep(0.7)
     scheduler.set_checks(cfg.checks[:1])  # drop b
