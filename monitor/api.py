@@ -57,6 +57,7 @@ def _check_json(stats: CheckStats, now: float, gaps: list[Any], maintenance: lis
         },
         "open_window": None if stats.window is None else window_json(stats.window, now),
         "availability": stats.availability(now, gaps, maintenance),
+        "availability_as_of": rfc3339(stats.availability_at),
     }
 
 

@@ -97,6 +97,11 @@ class CheckStats:
                     break
         self._availability_at = float("-inf")
 
+    @property
+    def availability_at(self) -> float | None:
+        """When the cached availability was computed (None: not yet)."""
+        return None if self._availability_at == float("-inf") else self._availability_at
+
     def availability(self, now: float, gaps: list[Interval], maintenance: list[Interval],
                      max_age: float = 10.0) -> dict[str, float | None]:
         """Availability per window; recomputed at most every `max_age` seconds."""

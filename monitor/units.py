@@ -70,7 +70,7 @@ def parse_time(text: str, now: float) -> float:
 
 
 def rfc3339(t: float | None) -> str | None:
-    """Epoch seconds -> '2025-01-27T13:33:00Z' (UTC, whole seconds), None stays None."""
+    """Epoch seconds -> '2025-01-27T13:33:00.250Z' (UTC, milliseconds); None stays None."""
     if t is None:
         return None
-    return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.fromtimestamp(t, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -30,6 +30,8 @@ class Target:
 
     mode: dict[str, str] = field(default_factory=dict)
     hits: dict[str, int] = field(default_factory=dict)
+    hooks: list[dict[str, object]] = field(default_factory=list)  # accepted webhook deliveries
+    hook_attempts: int = 0
     port: int = 0
     tls_port: int | None = None
 
@@ -151,6 +153,20 @@ def build_app(target: Target) -> web.Application:
                  "<body><script src='/cdn-cgi/challenge-platform/h/b/orchestrate/jsch/v1'>"
                  "</script></body></html>",
         )
+
+    refused_once: set[str] = set()
+
+    @routes.post("/hook")
+    async def hook(request: web.Request) -> web.Response:
+        """A webhook receiver; with mode["hook"] == "fail-first" every delivery's first
+        attempt gets a 503."""
+        target.hook_attempts += 1
+        delivery = request.headers.get("X-Aipulse-Delivery", "")
+        if target.mode.get("hook") == "fail-first" and delivery not in refused_once:
+            refused_once.add(delivery)
+            return web.Response(status=503, text="try again")
+        target.hooks.append({"delivery": delivery, **await request.json()})
+        return web.Response(text="ok")
 
     @routes.get("/echo-headers")
     async def echo_headers(request: web.Request) -> web.Response:
