@@ -8,6 +8,7 @@ import logging
 import signal
 import time
 
+import stamina
 from aiohttp import web
 
 from monitor import server
@@ -47,7 +48,13 @@ class Daemon:
         store = Store(self.db_path, cfg.results_retention)
         now = time.time()
         history = store.open(since=now - WINDOWS["30d"])
-        notifier = Notifier(cfg.webhooks, cfg.location, prober.redact) if cfg.webhooks else None
+        notifier = None
+        if cfg.webhooks:
+            # The notifier logs one line per delivery given up; stamina's own per-retry
+            # warnings would repeat it for every attempt.
+            stamina.instrumentation.set_on_retry_hooks([])
+            notifier = Notifier(cfg.webhooks, cfg.location, prober.redact,
+                                titles={s.id: s.title for s in cfg.services})
         pipeline = Pipeline(cfg, self.live, store, notifier)
         pipeline.restore(history.open_windows, history.windows, history.transitions, history.gaps,
                          history.first_seen)

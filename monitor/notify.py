@@ -37,7 +37,7 @@ from monitor import __version__
 from monitor.config import WebhookConfig
 from monitor.outage import WindowClosed, WindowOpened
 from monitor.redact import Redactor
-from monitor.units import format_duration
+from monitor.units import format_duration, rfc3339
 
 log = logging.getLogger("aipulse.notify")
 
@@ -49,8 +49,8 @@ _RESPONSE_PEEK = 2048  # bytes of an error response kept for the log line
 WindowEvent = WindowOpened | WindowClosed
 
 
-def rfc3339(epoch: float) -> str:
-    """Epoch seconds -> '2025-01-27T13:33:00Z' (UTC, whole seconds)."""
+def _human_time(epoch: float) -> str:
+    """'2025-01-27T13:33:00Z': whole seconds read better in a chat line."""
     return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -75,7 +75,7 @@ def json_payload(event: WindowEvent, location: str) -> dict[str, object]:
         "severity": w.severity,
         "reason": w.reason,
         "start": rfc3339(w.start),
-        "end": None if w.end is None else rfc3339(w.end),
+        "end": rfc3339(w.end),
         "duration_seconds": None if w.end is None else round(w.end - w.start, 3),
         "location": location,
     }
@@ -89,10 +89,10 @@ def slack_text(event: WindowEvent, location: str, title: str) -> str:
     if isinstance(event, WindowOpened):
         icon = ":red_circle:" if w.kind == "down" else ":large_yellow_circle:"
         why = f" ({_slack_escape(w.reason)})" if w.reason else ""
-        return f"{icon} {what} is {w.kind.upper()} since {rfc3339(w.start)}{why} [{where}]"
+        return f"{icon} {what} is {w.kind.upper()} since {_human_time(w.start)}{why} [{where}]"
     took = format_duration((w.end if w.end is not None else w.start) - w.start)
     return (f":large_green_circle: {what} recovered after {took} "
-            f"(was {w.kind} since {rfc3339(w.start)}) [{where}]")
+            f"(was {w.kind} since {_human_time(w.start)}) [{where}]")
 
 
 def _slack_escape(text: str) -> str:

@@ -147,13 +147,13 @@ async def test_json_payload_fields_and_rfc3339_times(receiver: Receiver, make_no
 
     assert opened.json == {
         "event": "outage_opened", "service": "deepseek", "check": "api", "kind": "down",
-        "severity": "major_outage", "reason": "overloaded", "start": "2025-01-27T13:33:00Z",
+        "severity": "major_outage", "reason": "overloaded", "start": "2025-01-27T13:33:00.000Z",
         "end": None, "duration_seconds": None, "location": "fra1",
     }
     assert closed.json == {
         "event": "outage_closed", "service": "deepseek", "check": "api", "kind": "down",
-        "severity": "major_outage", "reason": "overloaded", "start": "2025-01-27T13:33:00Z",
-        "end": "2025-01-27T14:45:00Z", "duration_seconds": 4320.0, "location": "fra1",
+        "severity": "major_outage", "reason": "overloaded", "start": "2025-01-27T13:33:00.000Z",
+        "end": "2025-01-27T14:45:00.000Z", "duration_seconds": 4320.0, "location": "fra1",
     }
     assert opened.headers["Content-Type"] == "application/json"
     assert opened.headers["X-Aipulse-Event"] == "outage_opened"
@@ -176,8 +176,8 @@ async def test_service_level_degraded_window_has_null_check_and_utc_z_times(
     (req,) = await until(receiver.delivered)
     assert req.json["check"] is None
     assert req.json["kind"] == "degraded"
-    assert req.json["start"] == "2025-01-28T00:59:59Z"
-    assert req.json["end"] == "2025-01-28T01:00:00Z"
+    assert req.json["start"] == "2025-01-28T00:59:59.750Z"
+    assert req.json["end"] == "2025-01-28T01:00:00.250Z"
     assert req.json["duration_seconds"] == 0.5
     for stamp in (req.json["start"], req.json["end"]):
         assert dt.datetime.fromisoformat(stamp).utcoffset() == dt.timedelta(0)
@@ -439,7 +439,7 @@ async def test_full_queue_drops_the_oldest_and_logs_once(
         n.publish(WindowOpened(w))
     await until(lambda: len(receiver.delivered()) == 3)
     assert [r.json["start"] for r in receiver.delivered()] == [
-        "2025-01-27T13:33:03Z", "2025-01-27T13:33:04Z", "2025-01-27T13:33:05Z"]
+        "2025-01-27T13:33:03.000Z", "2025-01-27T13:33:04.000Z", "2025-01-27T13:33:05.000Z"]
     full = [r for r in notify_records(caplog) if "queue full" in r.getMessage()]
     assert len(full) == 1
     await until(lambda: any("3 event(s) were dropped" in r.getMessage()
