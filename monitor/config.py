@@ -27,7 +27,9 @@ from monitor.yamlsrc import KeyPath, LocatedError, Source, format_path, load
 ID = re.compile(r"[a-z0-9_-]+")
 LABEL_VALUE = re.compile(r"[A-Za-z0-9_.:-]+")
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-KINDS = ("http",)  # flow and stream come with their probes
+KINDS = ("http", "flow", "stream")
+STREAM_FORMATS = ("openai", "anthropic", "gemini")
+_TEMPLATE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 _STATUS_CLASS = re.compile(r"([1-5])xx")
 _STATUS_RANGE = re.compile(r"(\d{3})(?:-(\d{3}))?")  # 200-299, or "200" (e.g. from ${VAR})
 
@@ -44,11 +46,14 @@ CHECK_DEFAULTS: dict[str, Any] = {
 }
 CHECK_KEYS = frozenset(
     {"kind", "url", "method", "headers", "body", "json", "interval", "timeout",
-     "open_after", "close_after", "max_body_bytes", "critical", "expect"}
+     "open_after", "close_after", "max_body_bytes", "critical", "expect",
+     "steps", "format", "idle_timeout"}
 )
 EXPECT_KEYS = frozenset(
-    {"status", "body_contains", "body_regex", "json", "headers", "max_latency", "cert_min_days"}
+    {"status", "body_contains", "body_regex", "json", "headers", "max_latency", "cert_min_days",
+     "max_ttft"}
 )
+STEP_KEYS = frozenset({"name", "url", "method", "headers", "body", "json", "expect", "extract", "always_run"})
 
 
 class ConfigError(Exception):
@@ -75,6 +80,7 @@ class Expect:
     headers: tuple[tuple[str, re.Pattern[str]], ...] = ()
     max_latency: float | None = None
     cert_min_days: float | None = None
+    max_ttft: float | None = None  # stream: no content token by then -> timeout
 
     def accepts(self, status: int) -> bool:
         return 200 <= status < 300 if self.status is None else status in self.status
@@ -82,6 +88,30 @@ class Expect:
     @property
     def needs_body(self) -> bool:
         return bool(self.body_contains or self.body_regex or self.json)
+
+
+@dataclass(frozen=True, slots=True)
+class Extraction:
+    """Take a value from a flow step's response into `{{var}}`."""
+
+    var: str
+    source: str  # "json" | "header" | "cookie" | "regex"
+    expr: str  # as written (JSONPath, header or cookie name, regex)
+    compiled: Any = None  # jsonpath.JSONPath or re.Pattern
+
+
+@dataclass(frozen=True, slots=True)
+class FlowStep:
+    """One request of a `kind: flow` check. url, headers and body may hold {{var}}."""
+
+    name: str
+    url: str
+    method: str = "GET"
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes | None = None
+    expect: Expect = field(default_factory=Expect)
+    extract: tuple[Extraction, ...] = ()
+    always_run: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +130,9 @@ class CheckConfig:
     max_body_bytes: int = 1024 * 1024
     critical: bool = True
     expect: Expect = field(default_factory=Expect)
+    steps: tuple[FlowStep, ...] = ()  # kind: flow
+    format: str | None = None  # kind: stream: openai | anthropic | gemini
+    idle_timeout: float | None = None  # kind: stream: longest wait between content tokens
     line: int = 0
 
     @property
@@ -108,7 +141,7 @@ class CheckConfig:
 
     @property
     def host(self) -> str:
-        return urlsplit(self.url).hostname or ""
+        return urlsplit(self.url or (self.steps[0].url if self.steps else "")).hostname or ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,19 +391,30 @@ class _Validator:
         def get(key: str, parse: Callable[[Any], Any]) -> Any:
             return self.field(merged, key, at(key), parse)
 
-        if "url" not in cdata:
-            self.err(path, 'missing required key "url"')
         kind = get("kind", _choice(KINDS))
-        url = get("url", _url) if "url" in cdata else None
-        method = get("method", lambda v: _choice(tuple(sorted(METHODS)))(_str(v).upper()))
-        headers = get("headers", _headers) or ()
-        body = get("body", lambda v: _str(v).encode())
-        if "json" in merged:
-            if "body" in merged:
-                self.err((*at("json"), "json"), 'set either "body" or "json", not both')
-            body = get("json", lambda v: jsonlib.dumps(v).encode())
-            if not any(k.lower() == "content-type" for k, _ in headers):
-                headers = (*headers, ("Content-Type", "application/json"))
+        if kind == "stream" and "method" not in cdata and "method" not in defaults:
+            merged["method"] = "POST"  # a streaming completion is a POST
+        steps: tuple[FlowStep, ...] = ()
+        if kind == "flow":
+            for key in ("url", "body", "json", "format", "idle_timeout"):
+                if key in cdata:
+                    self.err((*path, key), f'"{key}" does not apply to kind flow (set it per step)')
+            steps = self.steps(cdata.get("steps"), (*path, "steps"))
+            url, method, headers, body = "", "GET", (), None
+        else:
+            if "url" not in cdata:
+                self.err(path, 'missing required key "url"')
+            if "steps" in cdata:
+                self.err((*path, "steps"), '"steps" needs kind: flow')
+            url, method, headers, body = self.request(merged, at, with_url="url" in cdata)
+        fmt = None
+        if kind == "stream":
+            if "format" not in merged:
+                self.err(path, 'missing required key "format" (openai, anthropic or gemini)')
+            fmt = get("format", _choice(STREAM_FORMATS))
+        elif "format" in cdata or "idle_timeout" in cdata:
+            key = "format" if "format" in cdata else "idle_timeout"
+            self.err((*path, key), f'"{key}" needs kind: stream')
         interval = get("interval", _duration)
         timeout = get("timeout", _duration)
         if interval and timeout and timeout > interval:
@@ -391,9 +435,85 @@ class _Validator:
             body=body, interval=interval, timeout=timeout,
             open_after=get("open_after", _positive_int), close_after=get("close_after", _positive_int),
             max_body_bytes=get("max_body_bytes", parse_size), critical=get("critical", _bool),
-            expect=expect or Expect(), line=self.src.line(path),
+            expect=expect or Expect(), steps=steps, format=fmt,
+            idle_timeout=get("idle_timeout", _duration) if kind == "stream" else None,
+            line=self.src.line(path),
         )
         return check if len(self.errors) == before else None
+
+    def request(self, data: Mapping[str, Any], at: Callable[[str], KeyPath], with_url: bool = True,
+                templates: bool = False) -> tuple[str, str, tuple[tuple[str, str], ...], bytes | None]:
+        """url, method, headers and body of a check or a flow step."""
+        def get(key: str, parse: Callable[[Any], Any]) -> Any:
+            return self.field(data, key, at(key), parse)
+
+        url = (get("url", _template_url if templates else _url) or "") if with_url else ""
+        method = get("method", lambda v: _choice(tuple(sorted(METHODS)))(_str(v).upper())) or "GET"
+        headers = get("headers", _headers) or ()
+        body = get("body", lambda v: _str(v).encode())
+        if "json" in data:
+            if "body" in data:
+                self.err((*at("json"), "json"), 'set either "body" or "json", not both')
+            body = get("json", lambda v: jsonlib.dumps(v).encode())
+            if not any(k.lower() == "content-type" for k, _ in headers):
+                headers = (*headers, ("Content-Type", "application/json"))
+        return url, method, headers, body
+
+    def steps(self, raw: Any, path: KeyPath) -> tuple[FlowStep, ...]:
+        if not isinstance(raw, list) or not raw:
+            self.err(path, "a flow needs a list of steps (each with a name and a url)")
+            return ()
+        out: list[FlowStep] = []
+        known: set[str] = set()  # variables extracted by earlier steps
+        names: set[str] = set()
+        for i, item in enumerate(raw):
+            spath: KeyPath = (*path, i)
+            data = self.mapping(item, spath, STEP_KEYS)
+            if not data:
+                continue
+            name = self.field(data, "name", spath, _str)
+            if name is None:
+                self.err(spath, 'missing required key "name"')
+            elif not ID.fullmatch(name):
+                self.err((*spath, "name"),
+                         f'invalid step name "{name}" (use lowercase letters, digits, _ and -)')
+            elif name in names:
+                self.err((*spath, "name"), f'duplicate step name "{name}"')
+            names.add(name or "")
+            if "url" not in data:
+                self.err(spath, 'missing required key "url"')
+            def here(key: str, spath: KeyPath = spath) -> KeyPath:
+                return spath
+
+            url, method, headers, body = self.request(data, here, with_url="url" in data, templates=True)
+            for where, text in [("url", url), *(("headers", v) for _, v in headers),
+                                ("body", (body or b"").decode(errors="replace"))]:
+                for var in _TEMPLATE.findall(text):
+                    if var not in known:
+                        self.err((*spath, where), f"{{{{{var}}}}} is not extracted by an earlier step")
+            extract = self.extractions(data.get("extract"), (*spath, "extract"))
+            known.update(e.var for e in extract)
+            expect_path: KeyPath = (*spath, "expect")
+            step_expect = self.expect(data.get("expect"), expect_path, lambda key, p=expect_path: p)
+            out.append(FlowStep(
+                name=name or "", url=url, method=method, headers=headers, body=body,
+                expect=step_expect or Expect(), extract=extract,
+                always_run=self.field(data, "always_run", spath, _bool, False),
+            ))
+        return tuple(out)
+
+    def extractions(self, raw: Any, path: KeyPath) -> tuple[Extraction, ...]:
+        out = []
+        for var, spec in self.mapping(raw, path, None).items():
+            vpath: KeyPath = (*path, var)
+            if not _VAR_NAME.fullmatch(var):
+                self.err(vpath, f'invalid variable name "{var}" (letters, digits and _)')
+                continue
+            try:
+                out.append(_extraction(var, _str(spec)))
+            except ValueError as exc:
+                self.err(vpath, str(exc))
+        return tuple(out)
 
     def expect(self, raw: Any, path: KeyPath, at: Callable[[str], KeyPath]) -> Expect | None:
         data = self.mapping(raw, path, None)
@@ -416,6 +536,7 @@ class _Validator:
             headers=self.field(data, "headers", at("headers"), _header_regexes, ()),
             max_latency=self.field(data, "max_latency", at("max_latency"), _duration),
             cert_min_days=self.field(data, "cert_min_days", at("cert_min_days"), _positive_number),
+            max_ttft=self.field(data, "max_ttft", at("max_ttft"), _duration),
         )
 
 
@@ -489,6 +610,31 @@ def _url(value: Any) -> str:
     if not ok:
         raise ValueError(f'invalid URL "{text}" (must be http:// or https:// with a host)')
     return text
+
+
+_VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _template_url(value: Any) -> str:
+    """A URL that may hold {{var}}: valid once each {{var}} is replaced by a word."""
+    text = _str(value)
+    _url(_TEMPLATE.sub("x", text))
+    return text
+
+
+def _extraction(var: str, spec: str) -> Extraction:
+    """'$.json.path' | 'header:Name' | 'cookie:Name' | 'regex:...' (first group, or the match)."""
+    if spec.startswith("$"):
+        try:
+            return Extraction(var, "json", spec, jsonpath.compile(spec))
+        except jsonpath.JSONPathError as exc:
+            raise ValueError(f"invalid JSONPath: {str(exc).splitlines()[0]}") from None
+    source, sep, rest = spec.partition(":")
+    if not sep or source not in ("header", "cookie", "regex") or not rest:
+        raise ValueError(f'invalid extract "{spec}" (use $.json.path, header:Name, cookie:Name or regex:...)')
+    if source == "regex":
+        return Extraction(var, "regex", rest, _regex(rest))
+    return Extraction(var, source, rest, rest.lower() if source == "header" else rest)
 
 
 def _headers(value: Any) -> tuple[tuple[str, str], ...]:

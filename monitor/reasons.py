@@ -100,7 +100,8 @@ def reason_for_status(status: int, headers: Mapping[str, str], body: bytes) -> R
     return Reason.ASSERTION
 
 
-def _chain(exc: BaseException) -> list[BaseException]:
+def exception_chain(exc: BaseException) -> list[BaseException]:
+    """exc, its cause (or context), that one's cause, ..."""
     seen: list[BaseException] = []
     cur: BaseException | None = exc
     while cur is not None and cur not in seen:
@@ -111,7 +112,7 @@ def _chain(exc: BaseException) -> list[BaseException]:
 
 def reason_for_exception(exc: BaseException) -> Reason:
     """Map an exception raised while probing to the most specific reason."""
-    chain = _chain(exc)
+    chain = exception_chain(exc)
     for e in chain:
         if isinstance(e, DNSError):
             return Reason.DNS

@@ -51,8 +51,10 @@ INVALID: dict[str, str] = {
         'bad-jsonpath.yaml:7: services.demo.checks.home.expect.json.$.data[: invalid JSONPath: '
         'unexpected end of query'
     ),
-    'bad-kind.yaml':
-        'bad-kind.yaml:6: services.demo.checks.home.kind: must be one of http, got "browser"',
+    'bad-kind.yaml': (
+        'bad-kind.yaml:6: services.demo.checks.home.kind: must be one of http, flow, stream, got "b'
+        'rowser"'
+    ),
     'bad-limits.yaml': (
         'bad-limits.yaml:2: limits.max_in_flight: must be a whole number of at least 1, got 0\n'
         'bad-limits.yaml:3: limits.per_host_rate: must be a number above 0, got -5'
@@ -154,8 +156,8 @@ INVALID: dict[str, str] = {
         'interval (5s)'
     ),
     'defaults-unknown-expect-key.yaml': (
-        'defaults-unknown-expect-key.yaml:3: defaults.expect.body: unknown key "body" (known: '
-        'body_contains, body_regex, cert_min_days, headers, json, max_latency, status)'
+        'defaults-unknown-expect-key.yaml:3: defaults.expect.body: unknown key "body" (known: body_'
+        'contains, body_regex, cert_min_days, headers, json, max_latency, max_ttft, status)'
     ),
     'defaults-wrong-type-expect.yaml':
         'defaults-wrong-type-expect.yaml:2: defaults.expect: must be a mapping, got a list',
@@ -224,19 +226,19 @@ INVALID: dict[str, str] = {
     'unhashable-key.yaml':
         'unhashable-key.yaml:7: invalid YAML: while constructing a mapping, found unhashable key',
     'unknown-check-key.yaml': (
-        'unknown-check-key.yaml:6: services.demo.checks.home.intervall: unknown key "intervall" '
-        '(known: body, close_after, critical, expect, headers, interval, json, kind, max_body_bytes, '
-        'method, open_after, timeout, url)'
+        'unknown-check-key.yaml:6: services.demo.checks.home.intervall: unknown key "intervall" (kn'
+        'own: body, close_after, critical, expect, format, headers, idle_timeout, interval, json, k'
+        'ind, max_body_bytes, method, open_after, steps, timeout, url)'
     ),
     'unknown-defaults-key.yaml': (
-        'unknown-defaults-key.yaml:2: defaults.intervall: unknown key "intervall" (known: body, '
-        'close_after, critical, expect, headers, interval, json, kind, max_body_bytes, method, '
-        'open_after, timeout)'
+        'unknown-defaults-key.yaml:2: defaults.intervall: unknown key "intervall" (known: body, clo'
+        'se_after, critical, expect, format, headers, idle_timeout, interval, json, kind, max_body_'
+        'bytes, method, open_after, steps, timeout)'
     ),
     'unknown-expect-key.yaml': (
-        'unknown-expect-key.yaml:8: services.demo.checks.home.expect.body_contain: unknown key '
-        '"body_contain" (known: body_contains, body_regex, cert_min_days, headers, json, max_latency, '
-        'status)'
+        'unknown-expect-key.yaml:8: services.demo.checks.home.expect.body_contain: unknown key "bod'
+        'y_contain" (known: body_contains, body_regex, cert_min_days, headers, json, max_latency, m'
+        'ax_ttft, status)'
     ),
     'unknown-key.yaml': (
         'unknown-key.yaml:2: service: unknown key "service" (known: defaults, limits, listen, '
@@ -257,8 +259,9 @@ INVALID: dict[str, str] = {
         'DEMO_TOKEN is not set (write ${DEMO_TOKEN:-default} to give a default)'
     ),
     'url-in-defaults.yaml': (
-        'url-in-defaults.yaml:2: defaults.url: unknown key "url" (known: body, close_after, critical, '
-        'expect, headers, interval, json, kind, max_body_bytes, method, open_after, timeout)'
+        'url-in-defaults.yaml:2: defaults.url: unknown key "url" (known: body, close_after, critica'
+        'l, expect, format, headers, idle_timeout, interval, json, kind, max_body_bytes, method, op'
+        'en_after, steps, timeout)'
     ),
     'wrong-type-body-contains.yaml': (
         'wrong-type-body-contains.yaml:6: services.demo.checks.home.expect.body_contains: must be a '

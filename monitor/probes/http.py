@@ -1,8 +1,13 @@
-"""`kind: http`: one request (plus up to 10 redirects) under one hard deadline."""
+"""`kind: http`: one request (plus up to 10 redirects) under one hard deadline.
+
+`send`, `read_body` and `failure` are the request machinery the flow and stream
+probes share.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 
@@ -11,7 +16,7 @@ import httpx
 from monitor.config import CheckConfig
 from monitor.probes.judge import judge
 from monitor.probes.transport import BoundedDecoder, ProbeTrace, fetch_cert_expiry
-from monitor.reasons import Reason, reason_for_exception
+from monitor.reasons import Reason, exception_chain, reason_for_exception
 from monitor.redact import Redactor
 from monitor.result import ProbeResult
 
@@ -24,54 +29,23 @@ async def probe(check: CheckConfig, client: httpx.AsyncClient, redact: Redactor)
     t0 = time.perf_counter()
     trace = ProbeTrace()
     token = trace.activate()
-    status = 0
-    redirects = 0
     try:
         async with asyncio.timeout(check.timeout):
             try:
-                request = client.build_request(
-                    check.method, check.url, headers=check.headers, content=check.body,
-                    extensions={"trace": trace},
-                )
-                response = await client.send(request, stream=True)
-                while response.next_request is not None:
-                    await response.aclose()
-                    if redirects == MAX_REDIRECTS:
-                        raise httpx.TooManyRedirects(f"more than {MAX_REDIRECTS} redirects")
-                    redirects += 1
-                    response = await client.send(response.next_request, stream=True)
-                status = response.status_code
-                t_body = time.perf_counter()
-                decoder = BoundedDecoder(
-                    response.headers.get("content-encoding", ""), check.max_body_bytes
-                )
-                try:
-                    async for chunk in response.aiter_raw():
-                        decoder.feed(chunk)
-                finally:
-                    trace.add("transfer", time.perf_counter() - t_body)
-                    await response.aclose()
+                response = await send(client, check.method, check.url, check.headers, check.body, trace)
+                body = await read_body(response, check.max_body_bytes, trace)
             except Exception as exc:
-                reason = reason_for_exception(exc)
-                if reason is Reason.TLS and trace.address is not None:
-                    # Report the expiry of a certificate we refused, too.
-                    trace.cert_expiry = await _try_fetch_expiry(check, trace)
+                await fetch_refused_cert(exc, check.host, trace)
                 raise
         duration = time.perf_counter() - t0
         reason, detail = judge(
-            check.expect, status, response.headers, decoder.body(), trace.cert_expiry, time.time()
+            check.expect, response.status_code, response.headers, body, trace.cert_expiry, time.time()
         )
     except Exception as exc:
         duration = time.perf_counter() - t0
-        reason = reason_for_exception(exc)
-        detail = _describe(exc, reason, check, trace)
+        reason, detail = failure(exc, check, trace)
     finally:
         trace.deactivate(token)
-    degraded = (
-        reason is Reason.OK
-        and check.expect.max_latency is not None
-        and duration > check.expect.max_latency
-    )
     return ProbeResult(
         service=check.service,
         check=check.id,
@@ -79,39 +53,67 @@ async def probe(check: CheckConfig, client: httpx.AsyncClient, redact: Redactor)
         duration=duration,
         reason=reason,
         detail=redact(detail),
-        status_code=status,
+        status_code=trace.status,
         phases=trace.phases,
-        redirects=redirects,
+        redirects=trace.redirects,
         cert_expiry=trace.cert_expiry,
-        degraded=degraded,
+        degraded=is_slow(reason, duration, check),
     )
 
 
-async def _try_fetch_expiry(check: CheckConfig, trace: ProbeTrace) -> float | None:
-    assert trace.address is not None
+async def send(client: httpx.AsyncClient, method: str, url: str, headers: tuple[tuple[str, str], ...],
+               body: bytes | None, trace: ProbeTrace) -> httpx.Response:
+    """Send a request, following up to 10 redirects; returns the final response with
+    its body unread. Intermediate bodies are never read (a redirect cannot make us
+    download anything)."""
+    request = client.build_request(method, url, headers=headers, content=body,
+                                   extensions={"trace": trace})
+    response = await client.send(request, stream=True)
+    while response.next_request is not None:
+        await response.aclose()
+        if trace.redirects == MAX_REDIRECTS:
+            raise httpx.TooManyRedirects(f"more than {MAX_REDIRECTS} redirects")
+        trace.redirects += 1
+        response = await client.send(response.next_request, stream=True)
+    trace.status = response.status_code
+    return response
+
+
+async def read_body(response: httpx.Response, limit: int, trace: ProbeTrace) -> bytes:
+    """The decompressed body, at most `limit` bytes (else BodyTooLarge); closes the response."""
+    t_body = time.perf_counter()
+    decoder = BoundedDecoder(response.headers.get("content-encoding", ""), limit)
     try:
-        return await fetch_cert_expiry(check.host, trace.address)
-    except (OSError, ValueError):
-        return None
+        async for chunk in response.aiter_raw():
+            decoder.feed(chunk)
+    finally:
+        trace.add("transfer", time.perf_counter() - t_body)
+        await response.aclose()
+    return decoder.body()
 
 
-def _describe(exc: BaseException, reason: Reason, check: CheckConfig, trace: ProbeTrace) -> str:
+async def fetch_refused_cert(exc: Exception, host: str, trace: ProbeTrace) -> None:
+    """After a TLS failure, still learn the expiry of the certificate we refused."""
+    if reason_for_exception(exc) is Reason.TLS and trace.address is not None:
+        with contextlib.suppress(OSError, ValueError):
+            trace.cert_expiry = await fetch_cert_expiry(host, trace.address)
+
+
+def is_slow(reason: Reason, duration: float, check: CheckConfig) -> bool:
+    limit = check.expect.max_latency
+    return reason is Reason.OK and limit is not None and duration > limit
+
+
+def failure(exc: BaseException, check: CheckConfig, trace: ProbeTrace) -> tuple[Reason, str]:
+    """(reason, detail) for an exception raised while probing."""
+    reason = reason_for_exception(exc)
     if reason is Reason.TIMEOUT:
-        return f"timed out after {check.timeout:g}s {trace.stage}"
+        return reason, f"timed out after {check.timeout:g}s {trace.stage}"
     if reason is Reason.BODY_TOO_LARGE:
-        return f"body larger than {check.max_body_bytes} bytes"
+        return reason, f"body larger than {check.max_body_bytes} bytes"
     if reason is Reason.CONNECT and trace.address is not None:
-        errno_exc = next((e for e in _chain(exc) if isinstance(e, OSError) and e.errno), None)
+        errno_exc = next((e for e in exception_chain(exc) if isinstance(e, OSError) and e.errno), None)
         why = os.strerror(errno_exc.errno) if errno_exc and errno_exc.errno else "connection failed"
-        return f"{why} ({trace.address[0]} port {trace.address[1]})"
+        return reason, f"{why} ({trace.address[0]} port {trace.address[1]})"
     text = str(exc) or type(exc).__name__
-    return text.splitlines()[0][:300]
-
-
-def _chain(exc: BaseException) -> list[BaseException]:
-    out: list[BaseException] = []
-    cur: BaseException | None = exc
-    while cur is not None and cur not in out:
-        out.append(cur)
-        cur = cur.__cause__ or cur.__context__
-    return out
+    return reason, text.splitlines()[0][:300]

@@ -38,11 +38,13 @@ _current: contextvars.ContextVar[ProbeTrace | None] = contextvars.ContextVar(
 class ProbeTrace:
     """Phase clock for one probe (all hops of a redirect chain added up)."""
 
-    __slots__ = ("_marks", "address", "cert_expiry", "phases", "stage")
+    __slots__ = ("_marks", "address", "cert_expiry", "phases", "redirects", "stage", "status")
 
     def __init__(self) -> None:
         self.phases = dict.fromkeys(("resolve", "connect", "tls", "processing", "transfer"), 0.0)
         self.stage = "starting"
+        self.status = 0  # of the last response seen
+        self.redirects = 0
         self.address: tuple[str, int] | None = None
         self.cert_expiry: float | None = None
         self._marks: dict[str, float] = {}
