@@ -29,7 +29,7 @@ LABEL_VALUE = re.compile(r"[A-Za-z0-9_.:-]+")
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 KINDS = ("http", "flow", "stream")
 STREAM_FORMATS = ("openai", "anthropic", "gemini")
-_TEMPLATE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+TEMPLATE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 _STATUS_CLASS = re.compile(r"([1-5])xx")
 _STATUS_RANGE = re.compile(r"(\d{3})(?:-(\d{3}))?")  # 200-299, or "200" (e.g. from ${VAR})
 
@@ -488,7 +488,7 @@ class _Validator:
             url, method, headers, body = self.request(data, here, with_url="url" in data, templates=True)
             for where, text in [("url", url), *(("headers", v) for _, v in headers),
                                 ("body", (body or b"").decode(errors="replace"))]:
-                for var in _TEMPLATE.findall(text):
+                for var in TEMPLATE.findall(text):
                     if var not in known:
                         self.err((*spath, where), f"{{{{{var}}}}} is not extracted by an earlier step")
             extract = self.extractions(data.get("extract"), (*spath, "extract"))
@@ -618,7 +618,7 @@ _VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 def _template_url(value: Any) -> str:
     """A URL that may hold {{var}}: valid once each {{var}} is replaced by a word."""
     text = _str(value)
-    _url(_TEMPLATE.sub("x", text))
+    _url(TEMPLATE.sub("x", text))
     return text
 
 

@@ -53,6 +53,9 @@ class AipulseCollector(Collector):
             "aipulse_probe_tls_cert_expiry_timestamp_seconds",
             "Expiry (notAfter) of the served leaf certificate, also when verification failed.",
             labels=check_labels)
+        steps = GaugeMetricFamily(
+            "aipulse_probe_step_seconds", "Duration of each step of the last flow probe.",
+            labels=["service", "check", "step", "location"])
         for (service, check), stats in self.live.checks.items():
             labels = [service, check, loc]
             for reason, n in stats.reasons.items():
@@ -67,7 +70,9 @@ class AipulseCollector(Collector):
                 phase.add_metric([service, check, name, loc], last.phases.get(name, 0.0))
             if last.cert_expiry is not None:
                 cert.add_metric(labels, last.cert_expiry)
-        yield from (success, duration, phase, probes, status, cert)
+            for step, seconds in last.steps.items():
+                steps.add_metric([service, check, step, loc], seconds)
+        yield from (success, duration, phase, probes, status, cert, steps)
         yield from self._outages(check_labels)
 
         lag = HistogramMetricFamily(

@@ -30,6 +30,7 @@ class ProbeResult:
     degraded: bool = False
     ttft: float | None = None  # stream probes only
     step: str | None = None  # flow probes: the failing step
+    steps: dict[str, float] = field(default_factory=dict)  # flow probes: seconds per step
 
     @property
     def success(self) -> bool:

@@ -154,6 +154,34 @@ def build_app(target: Target) -> web.Application:
                  "</script></body></html>",
         )
 
+    sessions: dict[str, str] = {}  # token -> session cookie
+
+    @routes.post("/login")
+    async def login(request: web.Request) -> web.Response:
+        """A login form API: JSON credentials in, a token in JSON and a session cookie out."""
+        hit("login")
+        creds = await request.json()
+        if creds.get("password") != "correct horse":
+            return web.json_response({"error": "bad credentials"}, status=401)
+        token = f"tok-{len(sessions) + 1:04d}-{creds.get('user')}"
+        sessions[token] = f"sess-{len(sessions) + 1:04d}"
+        resp = web.json_response({"data": {"token": token, "expires_in": 3600}})
+        resp.set_cookie("session", sessions[token])
+        return resp
+
+    @routes.get("/protected")
+    async def protected(request: web.Request) -> web.Response:
+        hit("protected")
+        token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        if token not in sessions or request.cookies.get("session") != sessions[token]:
+            return web.json_response({"error": "unauthorized"}, status=401)
+        return web.json_response({"models": ["model-a"], "request_id": request.query.get("rid", "")})
+
+    @routes.post("/logout")
+    async def logout(request: web.Request) -> web.Response:
+        hit("logout")
+        return web.Response(status=204)
+
     refused_once: set[str] = set()
 
     @routes.post("/hook")
