@@ -177,7 +177,9 @@ class Config:
     per_host_rate: float = 20.0
     services: tuple[ServiceConfig, ...] = ()
     webhooks: tuple[WebhookConfig, ...] = ()
-    secrets: frozenset[str] = frozenset()  # expanded variable values; never print these
+    secrets: frozenset[str] = frozenset()
+    # checks left out because this machine lacks a key: (service, check, "${VAR}")
+    skipped: tuple[tuple[str, str, str], ...] = ()  # expanded variable values; never print these
 
     @property
     def checks(self) -> list[CheckConfig]:
@@ -270,7 +272,7 @@ class _Validator:
         per_host_rate = self.field(limits, "per_host_rate", ("limits",), _positive_number, 20.0)
         services = self.services(data, defaults)
         webhooks = self.webhooks(data)
-        if not self.errors and not any(s.checks for s in services):
+        if not self.errors and not any(s.checks for s in services) and not self.src.missing:
             self.err(("services",), "no checks configured (add at least one service with one check)")
         if self.errors:
             # An error in `defaults:` is found once per check that inherits it: say it once.
@@ -287,6 +289,7 @@ class _Validator:
             services=tuple(services),
             webhooks=webhooks,
             secrets=frozenset(self.src.secrets),
+            skipped=tuple((s, c, needs) for (s, c), needs in self.src.missing.items()),
         )
 
     def services(self, data: Mapping[str, Any], defaults: Mapping[str, Any]) -> list[ServiceConfig]:
@@ -307,7 +310,7 @@ class _Validator:
                 if not ID.fullmatch(cid):
                     self.err(cpath, f'invalid check id "{cid}" (use lowercase letters, digits, _ and -)')
                 check = self.check(sid, cid, cdata, defaults, cpath)
-                if check is not None:
+                if check is not None and (sid, cid) not in self.src.missing:
                     checks.append(check)
             out.append(ServiceConfig(
                 id=sid,

@@ -39,6 +39,15 @@ class LocatedError(Exception):
         self.line = line
 
 
+class MissingSecret(LocatedError):
+    """A ${VAR} that is unset or a ${file:NAME} that does not exist. Inside a check it
+    only skips that check (this machine lacks the key); elsewhere it is an error."""
+
+    def __init__(self, path: KeyPath, message: str, line: int, needs: str) -> None:
+        super().__init__(path, message, line)
+        self.needs = needs
+
+
 def format_path(path: KeyPath) -> str:
     out = ""
     for part in path:
@@ -54,6 +63,8 @@ class Source:
     data: Any
     lines: dict[KeyPath, int] = field(default_factory=dict)
     secrets: set[str] = field(default_factory=set)  # values that came from variables
+    # (service, check) -> what it needs that this machine lacks, e.g. "${OPENAI_API_KEY}"
+    missing: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def line(self, path: KeyPath) -> int:
         for i in range(len(path), -1, -1):
@@ -130,19 +141,34 @@ def _build(
         return items
     value = ctor.construct_object(node, deep=True)
     if isinstance(value, str) and "$" in value:
-        value = expand(value, env, path, node.start_mark.line + 1, src.secrets)
+        in_check = len(path) >= 4 and path[0] == "services" and path[2] == "checks"
+        needs: list[str] | None = [] if in_check else None
+        value = expand(value, env, path, node.start_mark.line + 1, src.secrets, needs)
+        if needs:
+            src.missing.setdefault((str(path[1]), str(path[3])), needs[0])
     return value
 
 
 def expand(
-    value: str, env: Mapping[str, str], path: KeyPath, line: int, secrets: set[str]
+    value: str, env: Mapping[str, str], path: KeyPath, line: int, secrets: set[str],
+    needs: list[str] | None = None,
 ) -> str:
-    """Expand ${VAR}, ${VAR:-default}, ${file:NAME} and $$ in one string."""
+    """Expand ${VAR}, ${VAR:-default}, ${file:NAME} and $$ in one string. With `needs`,
+    an unavailable secret is recorded there (and stands in as a placeholder) instead
+    of raising MissingSecret."""
 
     def sub(m: re.Match[str]) -> str:
         if m.group(0) == "$$":
             return "$"
-        expr = m.group(1)
+        try:
+            return resolve(m.group(1))
+        except MissingSecret as exc:
+            if needs is None:
+                raise
+            needs.append(exc.needs)
+            return "missing-secret"
+
+    def resolve(expr: str) -> str:
         if expr.startswith("file:"):
             result = _read_credential(expr[5:], path, line)
         else:
@@ -154,11 +180,12 @@ def expand(
             elif has_default:
                 return default
             else:
-                raise LocatedError(
+                raise MissingSecret(
                     path,
                     f"environment variable {name} is not set "
                     f"(write ${{{name}:-default}} to give a default)",
                     line,
+                    f"${{{name}}}",
                 )
         if result:
             secrets.add(result)
@@ -175,11 +202,15 @@ def _read_credential(name: str, path: KeyPath, line: int) -> str:
         raise LocatedError(path, f'invalid credential name "{name}"', line)
     directory = os.environ.get("CREDENTIALS_DIRECTORY")
     if not directory:
-        raise LocatedError(
-            path, f"${{file:{name}}} needs $CREDENTIALS_DIRECTORY (systemd LoadCredential=)", line
+        raise MissingSecret(
+            path, f"${{file:{name}}} needs $CREDENTIALS_DIRECTORY (systemd LoadCredential=)", line,
+            f"${{file:{name}}}",
         )
     try:
         return (Path(directory) / name).read_text(encoding="utf-8").strip()
+    except FileNotFoundError as exc:
+        raise MissingSecret(path, f"cannot read credential {name}: {exc.strerror}", line,
+                            f"${{file:{name}}}") from None
     except OSError as exc:
         raise LocatedError(path, f"cannot read credential {name}: {exc.strerror}", line) from None
     except UnicodeDecodeError:

@@ -130,8 +130,8 @@ INVALID: dict[str, str] = {
         'not allowed'
     ),
     'credential-no-directory.yaml': (
-        'credential-no-directory.yaml:6: services.demo.checks.home.headers.Authorization: '
-        '${file:token} needs $CREDENTIALS_DIRECTORY (systemd LoadCredential=)'
+        'credential-no-directory.yaml:4: notify.webhooks[0].secret: ${file:token} needs $CREDENTIAL'
+        'S_DIRECTORY (systemd LoadCredential=)'
     ),
     'credential-not-utf8.yaml': (
         'credential-not-utf8.yaml:6: services.demo.checks.home.headers.Authorization: cannot read '
@@ -182,8 +182,8 @@ INVALID: dict[str, str] = {
     'merge-key.yaml':
         'merge-key.yaml:8: services.demo.checks.home.<<: YAML merge keys (<<) are not supported',
     'missing-credential.yaml': (
-        'missing-credential.yaml:6: services.demo.checks.home.headers.Authorization: cannot read '
-        'credential missing-token: No such file or directory'
+        'missing-credential.yaml:4: notify.webhooks[0].secret: cannot read credential missing-token'
+        ': No such file or directory'
     ),
     'missing-url.yaml':
         'missing-url.yaml:4: services.demo.checks.home: missing required key "url"',
@@ -255,8 +255,8 @@ INVALID: dict[str, str] = {
     'unknown-tag.yaml':
         "unknown-tag.yaml:6: invalid YAML: could not determine a constructor for the tag '!upper'",
     'unset-env.yaml': (
-        'unset-env.yaml:6: services.demo.checks.home.headers.Authorization: environment variable '
-        'DEMO_TOKEN is not set (write ${DEMO_TOKEN:-default} to give a default)'
+        'unset-env.yaml:4: notify.webhooks[0].secret: environment variable DEMO_TOKEN is not set (w'
+        'rite ${DEMO_TOKEN:-default} to give a default)'
     ),
     'url-in-defaults.yaml': (
         'url-in-defaults.yaml:2: defaults.url: unknown key "url" (known: body, close_after, critica'
@@ -662,3 +662,33 @@ def test_error_format_is_file_line_keypath_message() -> None:
     for expected in INVALID.values():
         for line in expected.split("\n"):
             assert pattern.fullmatch(line), line
+
+
+def test_a_check_needing_a_key_this_machine_lacks_is_skipped_not_failed(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    cfg = parse("""
+services:
+  openai:
+    checks:
+      website: {url: "https://openai.com/"}
+      inference:
+        url: https://api.openai.com/v1/chat/completions
+        headers: {Authorization: "Bearer ${OPENAI_API_KEY}"}
+      billing:
+        url: https://api.openai.com/v1/usage
+        headers: {Authorization: "Bearer ${file:openai.key}"}
+""", name="config.yaml", env={})
+    assert [c.id for c in cfg.checks] == ["website"]
+    assert cfg.skipped == (("openai", "inference", "${OPENAI_API_KEY}"),
+                           ("openai", "billing", "${file:openai.key}"))
+
+
+def test_a_config_whose_every_check_needs_a_missing_key_is_still_valid() -> None:
+    cfg = parse("""
+services:
+  s:
+    checks:
+      c: {url: "https://x.example/?key=${KEY}"}
+""", name="config.yaml", env={})
+    assert cfg.checks == [] and cfg.skipped == (("s", "c", "${KEY}"),)
