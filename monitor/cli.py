@@ -83,14 +83,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     if cfg is None:
         return 1
     print(f"{cfg.path}: ok ({len(cfg.services)} services, {len(cfg.checks)} checks)")
-    for line in skipped_lines(cfg):
+    for line in cfg.skipped_notes():
         print(line)
     return 0
-
-
-def skipped_lines(cfg: Config) -> list[str]:
-    return [f"skipping {service}/{check}: it needs {needs}, which is not available on this machine"
-            for service, check, needs in cfg.skipped]
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -185,6 +185,11 @@ class Config:
     def checks(self) -> list[CheckConfig]:
         return [c for s in self.services for c in s.checks]
 
+    def skipped_notes(self) -> list[str]:
+        """One line per check left out for a missing key."""
+        return [f"skipping {service}/{check}: it needs {needs}, which is not available on this machine"
+                for service, check, needs in self.skipped]
+
 
 def default_path() -> Path:
     """`./config.yaml`, else `/etc/aipulse/config.yaml`."""

@@ -44,9 +44,8 @@ class Daemon:
 
     async def run(self) -> None:
         cfg = self.config
-        for service, check, needs in cfg.skipped:
-            log.warning("skipping %s/%s: it needs %s, which is not available on this machine",
-                        service, check, needs)
+        for note in cfg.skipped_notes():
+            log.warning("%s", note)
         prober = Prober(cfg.secrets)
         store = Store(self.db_path, cfg.results_retention)
         now = time.time()
