@@ -68,6 +68,7 @@ class Daemon:
             max_in_flight=cfg.max_in_flight, per_host_rate=cfg.per_host_rate,
             on_lag=self.live.scheduler_lag.observe, on_missed=self._on_missed,
         )
+        pipeline.start()
         heartbeat = asyncio.create_task(self._heartbeat(store))
         loop = asyncio.get_running_loop()
         try:
@@ -86,6 +87,7 @@ class Daemon:
             log.info("stopping")
         finally:
             await scheduler.stop()
+            await pipeline.stop()
             heartbeat.cancel()
             if self._runner is not None:
                 await self._runner.cleanup()

@@ -4,17 +4,24 @@
     events -> Store (committed) -> LiveState (what /metrics and the API show)
            -> Notifier (webhooks) and one log line per change
 
-`process` is synchronous and pure apart from the trackers it owns, so events are
-decided in result order; `handle` awaits the durable write before anything is
-published, so nothing is ever shown or announced that a crash could lose.
+`handle` only queues a result; one consumer task takes results in order, decides
+their events (`process`, synchronous: no I/O), awaits the durable write and only
+then publishes. So nothing is shown or announced that a crash could lose, events
+are published in the order they were decided, and a slow disk never delays probing.
+
+A dns/connect failure is held back until every other host has reported after it:
+only then is it known whether the service failed or the monitor itself is offline.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from monitor.config import Config, ServiceConfig
@@ -33,7 +40,8 @@ from monitor.outage import (
     level_of,
 )
 from monitor.result import ProbeResult
-from monitor.rollup import OfflineDetector, ServiceTracker, service_status
+from monitor.rollup import OFFLINE_REASONS, OfflineDetector, ServiceTracker, service_status
+from monitor.store import StorageError
 from monitor.units import format_duration
 
 log = logging.getLogger("aipulse")
@@ -50,6 +58,17 @@ class Publisher(Protocol):
     def publish(self, event: WindowOpened | WindowClosed) -> None: ...
 
 
+MAX_HOLD = 300.0  # seconds a dns/connect failure may wait for the offline decision
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    key: tuple[str, str]
+    host: str
+    at: float
+    result: ProbeResult
+
+
 class Pipeline:
     def __init__(self, config: Config, live: LiveState, store: EventSink | None = None,
                  notifier: Publisher | None = None) -> None:
@@ -59,6 +78,9 @@ class Pipeline:
         self.trackers: dict[tuple[str, str], CheckTracker] = {}
         self.services: dict[str, ServiceTracker] = {}
         self.offline = OfflineDetector(frozenset())
+        self._held: deque[Observation] = deque()
+        self._queue: asyncio.Queue[ProbeResult | None] = asyncio.Queue()
+        self._consumer: asyncio.Task[None] | None = None
         self.configure(config)
 
     def configure(self, config: Config) -> None:
@@ -77,7 +99,9 @@ class Pipeline:
                 tracker.critical = check.critical
             self.trackers[check.key] = tracker
         self.services = {s.id: self.services.get(s.id) or ServiceTracker(s.id) for s in config.services}
+        self.check_configs = {c.key: c for c in config.checks}
         self.offline.hosts = frozenset(c.host for c in config.checks)
+        self.hold_limit = min(MAX_HOLD, max((c.interval + c.timeout for c in config.checks), default=0))
         self.live.set_services(config.services)
 
     def restore(self, open_windows: Sequence[OutageWindow], windows: Sequence[OutageWindow],
@@ -116,23 +140,36 @@ class Pipeline:
     def process(self, result: ProbeResult) -> list[Event]:
         """Decide the events one result causes (no I/O)."""
         key = (result.service, result.check)
-        tracker = self.trackers.get(key)
-        service = self.service_configs.get(result.service)
-        if tracker is None or service is None:  # removed by a reload while probing
+        check = self.check_configs.get(key)
+        if check is None:  # removed by a reload while probing
             return []
         at = result.started
-        check = next(c for c in service.checks if c.id == result.check)
         events: list[Event] = list(self.offline.observe(check.host, at, result.reason))
         if any(isinstance(e, GapOpened) for e in events):
             # The failures that led here were the monitor's, not the services'.
             for t in self.trackers.values():
                 t.forget_pending(self.offline.gap.start if self.offline.gap else at)
-        in_maintenance = any(m.active(at) for m in service.maintenance)
-        level = None if (self.offline.offline or in_maintenance) else level_of(result)
-        check_events = tracker.observe(at, level, result.reason.value)
-        events += check_events
-        events += self._service_events(service, check_events, at, in_maintenance)
+        obs = Observation(key, check.host, at, result)
+        held_keys = {o.key for o in self._held}
+        if key in held_keys or (result.reason in OFFLINE_REASONS and len(self.offline.hosts) >= 2):
+            self._held.append(obs)  # a check's later results wait behind its held ones
+        else:
+            events += self._observe(obs)
+        while self._held and (self.offline.decided(self._held[0].host, self._held[0].at)
+                              or at - self._held[0].at > self.hold_limit):
+            events += self._observe(self._held.popleft())
         return events
+
+    def _observe(self, obs: Observation) -> list[Event]:
+        tracker = self.trackers.get(obs.key)
+        service = self.service_configs.get(obs.key[0])
+        if tracker is None or service is None:
+            return []
+        in_maintenance = any(m.active(obs.at) for m in service.maintenance)
+        unknown = in_maintenance or self.offline.covers(obs.at)
+        level = None if unknown else level_of(obs.result)
+        check_events = tracker.observe(obs.at, level, obs.result.reason.value)
+        return [*check_events, *self._service_events(service, check_events, obs.at, in_maintenance)]
 
     def _service_events(self, service: ServiceConfig, check_events: list[Event], at: float,
                         in_maintenance: bool) -> list[Event]:
@@ -140,6 +177,8 @@ class Pipeline:
         # mid-outage must not end the service's outage).
         states = [(t.critical, State(t.window.kind) if t.window else t.state)
                   for t in (self.trackers[c.key] for c in service.checks)]
+        if not in_maintenance and all(s is State.UNKNOWN for critical, s in states if critical):
+            return []  # nothing known about the service: keep its last status
         status = service_status(states, in_maintenance)
         opened = [e.window.start for e in check_events if isinstance(e, WindowOpened)]
         closed = [e.window.end for e in check_events if isinstance(e, WindowClosed) and e.window.end]
@@ -147,12 +186,53 @@ class Pipeline:
         return self.services[service.id].update(status, when, min(opened) if opened else None)
 
     async def handle(self, result: ProbeResult) -> None:
+        """Take a result: counted at once, its outage events decided and published in order
+        by the consumer task (see `start`)."""
         self.live.record(result)
         if self.store is not None:
             self.store.add_result(result)
-        events = self.process(result)
-        if events:
-            await self.commit(events)
+        if self._consumer is None:  # not started: process inline (tests, `aipulse once`)
+            events = self.process(result)
+            if events:
+                await self.commit(events)
+        else:
+            self._queue.put_nowait(result)
+
+    def start(self) -> None:
+        self._consumer = asyncio.create_task(self._consume(), name="pipeline")
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Process what is queued (up to `timeout`), then stop."""
+        if self._consumer is None:
+            return
+        self._queue.put_nowait(None)
+        try:
+            await asyncio.wait_for(asyncio.shield(self._consumer), timeout)
+        except TimeoutError:
+            log.warning("stopping with %d results not yet processed", self._queue.qsize())
+            self._consumer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._consumer
+        self._consumer = None
+
+    async def join(self) -> None:
+        """Wait until every queued result is processed."""
+        await self._queue.join()
+
+    async def _consume(self) -> None:
+        while True:
+            result = await self._queue.get()
+            try:
+                if result is None:
+                    return
+                events = self.process(result)
+                if events:
+                    await self.commit(events)
+            except Exception:
+                log.exception("processing a result of %s/%s failed", result and result.service,
+                              result and result.check)
+            finally:
+                self._queue.task_done()
 
     async def commit(self, events: Sequence[Event]) -> None:
         """Store durably, then publish. A storage failure is logged; the events are
@@ -160,7 +240,7 @@ class Pipeline:
         if self.store is not None:
             try:
                 await self.store.write(events)
-            except Exception as exc:  # StorageError: the store retries on its own
+            except StorageError as exc:  # the store keeps them queued and retries
                 log.debug("storing %d events failed: %s", len(events), exc)
         for event in events:
             self._publish(event)

@@ -109,10 +109,16 @@ OFFLINE_REASONS = frozenset({Reason.DNS, Reason.CONNECT})
 @dataclass
 class OfflineDetector:
     """The monitor is offline when the latest result of every distinct host (at least
-    two) is a dns/connect failure. The gap starts at the earliest of those failures."""
+    two) is a dns/connect failure. The gap starts at the earliest of those failures.
+
+    `latest_at` tells when each host last reported, so the pipeline can hold a
+    dns/connect failure until every other host has spoken after it (then it is known
+    whether the failure was the service's or ours)."""
 
     hosts: frozenset[str]
     gap: Gap | None = None
+    latest_at: dict[str, float] = field(default_factory=dict)
+    recent_gaps: list[Gap] = field(default_factory=list)  # closed gaps, newest last
     _failing_since: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -120,6 +126,7 @@ class OfflineDetector:
         return self.gap is not None
 
     def observe(self, host: str, at: float, reason: Reason) -> list[Event]:
+        self.latest_at[host] = max(at, self.latest_at.get(host, at))
         if reason in OFFLINE_REASONS:
             self._failing_since.setdefault(host, at)
         else:
@@ -130,6 +137,18 @@ class OfflineDetector:
                 self.gap = Gap(min(self._failing_since[h] for h in self.hosts), cause="offline")
                 events.append(GapOpened(self.gap))
         elif reason not in OFFLINE_REASONS:
-            events.append(GapClosed(replace(self.gap, end=max(at, self.gap.start))))
+            closed = replace(self.gap, end=max(at, self.gap.start))
+            events.append(GapClosed(closed))
+            self.recent_gaps = [*self.recent_gaps[-9:], closed]
             self.gap = None
         return events
+
+    def decided(self, host: str, at: float) -> bool:
+        """Has every other host reported at or after `at`?"""
+        return all(self.latest_at.get(h, float("-inf")) >= at for h in self.hosts if h != host)
+
+    def covers(self, at: float) -> bool:
+        """Was the monitor offline at `at`?"""
+        if self.gap is not None and at >= self.gap.start:
+            return True
+        return any(g.start <= at <= (g.end or g.start) for g in self.recent_gaps)

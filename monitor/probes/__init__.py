@@ -16,7 +16,7 @@ import httpx
 
 from monitor import __version__
 from monitor.config import CheckConfig
-from monitor.probes import flow, http
+from monitor.probes import flow, http, stream
 from monitor.probes.transport import ProbeTransport, verified_context
 from monitor.reasons import Reason
 from monitor.redact import Redactor
@@ -24,7 +24,7 @@ from monitor.result import ProbeResult
 
 ProbeFn = Callable[[CheckConfig, httpx.AsyncClient, Redactor], Awaitable[ProbeResult]]
 
-PROBES: dict[str, ProbeFn] = {"http": http.probe, "flow": flow.probe}
+PROBES: dict[str, ProbeFn] = {"http": http.probe, "flow": flow.probe, "stream": stream.probe}
 
 USER_AGENT = f"aipulse/{__version__} (availability monitor)"
 
