@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from monitor.live import CheckStats, LiveState
+from monitor.live import CheckStats, LiveState, ServiceStats
 from monitor.outage import OutageWindow
 from monitor.units import parse_time, rfc3339
 
@@ -61,6 +61,25 @@ def _check_json(stats: CheckStats, now: float, gaps: list[Any], maintenance: lis
     }
 
 
+def _vendor_json(sstats: ServiceStats) -> dict[str, Any] | None:
+    """The vendor's own view, beside ours. Names and details are vendor text."""
+    vendor = sstats.vendor
+    if sstats.service.status_page is None:
+        return None
+    if vendor is None:
+        return {"status": "unknown", "detail": "not polled yet"}
+    return {
+        "status": vendor.overall,
+        "source": vendor.source,
+        "checked_at": rfc3339(sstats.vendor_checked),
+        "detail": vendor.detail,
+        "components": [{"name": c.name, "status": c.status} for c in vendor.components],
+        "incidents": [{"name": i.name, "status": i.status, "impact": i.impact, "started": rfc3339(i.started)}
+                      for i in vendor.incidents],
+        "detection_lead_seconds": sstats.detection_lead,
+    }
+
+
 async def status(request: web.Request) -> web.Response:
     live = request.app[LIVE]
     now = time.time()
@@ -73,6 +92,7 @@ async def status(request: web.Request) -> web.Response:
             "title": sstats.service.title,
             "status": sstats.status,
             "open_window": None if sstats.window is None else window_json(sstats.window, now),
+            "vendor": _vendor_json(sstats),
             "checks": [_check_json(live.checks[c.key], now, gaps, maintenance)
                        for c in sstats.service.checks if c.key in live.checks],
         })

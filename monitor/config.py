@@ -177,6 +177,7 @@ class Config:
     per_host_rate: float = 20.0
     services: tuple[ServiceConfig, ...] = ()
     webhooks: tuple[WebhookConfig, ...] = ()
+    status_page_interval: float = 120.0  # how often vendor status pages are polled
     secrets: frozenset[str] = frozenset()
     # checks left out because this machine lacks a key: (service, check, "${VAR}")
     skipped: tuple[tuple[str, str, str], ...] = ()  # expanded variable values; never print these
@@ -263,7 +264,8 @@ class _Validator:
         return value
 
     def config(self) -> Config:
-        top_keys = frozenset({"listen", "location", "storage", "limits", "defaults", "services", "notify"})
+        top_keys = frozenset({"listen", "location", "storage", "limits", "defaults", "services", "notify",
+                              "status_page_interval"})
         data = self.mapping(self.src.data, (), top_keys)
         host, port = self.field(data, "listen", (), lambda v: parse_listen(_str(v)),
                                 parse_listen(DEFAULT_LISTEN))
@@ -293,6 +295,7 @@ class _Validator:
             per_host_rate=per_host_rate,
             services=tuple(services),
             webhooks=webhooks,
+            status_page_interval=self.field(data, "status_page_interval", (), _duration, 120.0),
             secrets=frozenset(self.src.secrets),
             skipped=tuple((s, c, needs) for (s, c), needs in self.src.missing.items()),
         )
@@ -420,6 +423,10 @@ class _Validator:
             if "format" not in merged:
                 self.err(path, 'missing required key "format" (openai, anthropic or gemini)')
             fmt = get("format", _choice(STREAM_FORMATS))
+            for key in ("body_contains", "body_regex", "json"):
+                if key in (merged.get("expect") or {}):
+                    self.err((*at("expect"), "expect", key),
+                             f'"{key}" does not apply to kind stream (the body is generated text)')
         elif "format" in cdata or "idle_timeout" in cdata:
             key = "format" if "format" in cdata else "idle_timeout"
             self.err((*path, key), f'"{key}" needs kind: stream')

@@ -11,7 +11,7 @@ import time
 import stamina
 from aiohttp import web
 
-from monitor import server
+from monitor import server, statuspage
 from monitor.availability import WINDOWS
 from monitor.config import Config, database_path
 from monitor.live import LiveState
@@ -70,6 +70,10 @@ class Daemon:
         )
         pipeline.start()
         heartbeat = asyncio.create_task(self._heartbeat(store))
+        vendor_pages = {s.id: s.status_page for s in cfg.services if s.status_page}
+        vendor_client = statuspage.new_client()
+        poller = statuspage.StatusPagePoller(vendor_pages, vendor_client, interval=cfg.status_page_interval,
+                                             on_update=self._vendor_update)
         loop = asyncio.get_running_loop()
         try:
             self._runner = await server.start(
@@ -80,6 +84,7 @@ class Daemon:
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.add_signal_handler(sig, self.stop)
             scheduler.set_checks(cfg.checks)
+            poller.start()
             self.live.ready = True
             log.info("aipulse started: %d checks in %d services, listening on %s:%d, history in %s",
                      len(cfg.checks), len(cfg.services), cfg.listen_host, self.port, self.db_path)
@@ -87,6 +92,8 @@ class Daemon:
             log.info("stopping")
         finally:
             await scheduler.stop()
+            await poller.stop()
+            await vendor_client.aclose()
             await pipeline.stop()
             heartbeat.cancel()
             if self._runner is not None:
@@ -105,6 +112,10 @@ class Daemon:
             store.heartbeat(time.time())
             self.live.storage_errors = store.errors
             await asyncio.sleep(HEARTBEAT_EVERY)
+
+    def _vendor_update(self, service: str, vendor: statuspage.VendorStatus) -> None:
+        if (sstats := self.live.services.get(service)) is not None:
+            sstats.vendor_update(vendor, time.time())
 
     def _on_missed(self, n: int) -> None:
         self.live.missed_intervals += n

@@ -16,8 +16,10 @@ from monitor.config import CheckConfig, ServiceConfig
 from monitor.outage import Gap, OutageWindow, State
 from monitor.result import ProbeResult
 from monitor.rollup import OPERATIONAL
+from monitor.statuspage import VendorStatus, detection_lead
 
 DURATION_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+TTFT_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0)
 LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 
 
@@ -53,6 +55,7 @@ class CheckStats:
     last: ProbeResult | None = None
     reasons: Counter[str] = field(default_factory=lambda: Counter({"ok": 0}))
     durations: Histogram = field(default_factory=lambda: Histogram(DURATION_BUCKETS))
+    ttfts: Histogram | None = None  # stream checks only
     state: State = State.UNKNOWN
     window: OutageWindow | None = None  # the open window, if any
     outages_opened: int = 0  # down windows opened since start
@@ -68,6 +71,10 @@ class CheckStats:
         self.last = result
         self.reasons[result.reason.value] += 1
         self.durations.observe(result.duration)
+        if result.ttft is not None:
+            if self.ttfts is None:
+                self.ttfts = Histogram(TTFT_BUCKETS)
+            self.ttfts.observe(result.ttft)
         if self.first_seen is None:
             self.first_seen = result.started
 
@@ -125,7 +132,19 @@ class CheckStats:
 class ServiceStats:
     service: ServiceConfig
     status: str = OPERATIONAL
-    window: OutageWindow | None = None
+    window: OutageWindow | None = None  # the open service-level window
+    last_down: OutageWindow | None = None  # the latest service-level outage window
+    vendor: VendorStatus | None = None  # the vendor's own status page, last poll
+    vendor_checked: float | None = None
+    detection_lead: float | None = None  # vendor incident start - our window start
+
+    def vendor_update(self, vendor: VendorStatus, now: float) -> None:
+        """A new poll of the vendor's page; keeps the latest detection lead."""
+        self.vendor, self.vendor_checked = vendor, now
+        ours = self.last_down
+        starts = [i.started for i in vendor.incidents if i.started is not None]
+        if ours is not None and starts and (ours.end is None or min(starts) <= ours.end + 3600):
+            self.detection_lead = detection_lead(ours.start, vendor)
 
 
 class LiveState:

@@ -24,6 +24,7 @@ from monitor.live import LiveState
 from monitor.outage import State
 from monitor.result import PHASES
 from monitor.rollup import SERVICE_STATUSES
+from monitor.statuspage import COMPONENT_STATUSES, component_labels
 
 STATES = tuple(s.value for s in State)
 
@@ -53,6 +54,9 @@ class AipulseCollector(Collector):
             "aipulse_probe_tls_cert_expiry_timestamp_seconds",
             "Expiry (notAfter) of the served leaf certificate, also when verification failed.",
             labels=check_labels)
+        ttft = HistogramMetricFamily(
+            "aipulse_probe_ttft_seconds", "Stream probes: time to the first content token.",
+            labels=check_labels)
         steps = GaugeMetricFamily(
             "aipulse_probe_step_seconds", "Duration of each step of the last flow probe.",
             labels=["service", "check", "step", "location"])
@@ -61,6 +65,8 @@ class AipulseCollector(Collector):
             for reason, n in stats.reasons.items():
                 probes.add_metric([service, check, reason, loc], n)
             duration.add_metric(labels, stats.durations.cumulative(), stats.durations.sum)
+            if stats.ttfts is not None:
+                ttft.add_metric(labels, stats.ttfts.cumulative(), stats.ttfts.sum)
             last = stats.last
             if last is None:
                 continue
@@ -72,7 +78,7 @@ class AipulseCollector(Collector):
                 cert.add_metric(labels, last.cert_expiry)
             for step, seconds in last.steps.items():
                 steps.add_metric([service, check, step, loc], seconds)
-        yield from (success, duration, phase, probes, status, cert, steps)
+        yield from (success, duration, phase, probes, status, cert, steps, ttft)
         yield from self._outages(check_labels)
 
         lag = HistogramMetricFamily(
@@ -148,6 +154,39 @@ class AipulseCollector(Collector):
             for name in SERVICE_STATUSES:
                 status.add_metric([sid, name, loc], 1.0 if sstats.status == name else 0.0)
         yield status
+        yield from self._vendor()
+
+    def _vendor(self) -> Iterator[Metric]:
+        loc = self.location
+        component = GaugeMetricFamily(
+            "aipulse_vendor_component_status",
+            "The vendor's own status page: 1 for each component's current status.",
+            labels=["service", "component", "status", "location"])
+        overall = GaugeMetricFamily(
+            "aipulse_vendor_status", "The vendor's own status page, overall: 1 for the current status.",
+            labels=["service", "status", "location"])
+        incident = GaugeMetricFamily(
+            "aipulse_vendor_incident_open", "1 while the vendor's status page shows an unresolved incident.",
+            labels=["service", "location"])
+        lead = GaugeMetricFamily(
+            "aipulse_detection_lead_seconds",
+            "Vendor incident start minus the start of our outage window (positive: we were first).",
+            labels=["service", "location"])
+        for sid, sstats in self.live.services.items():
+            vendor = sstats.vendor
+            if vendor is None:
+                continue
+            labels = component_labels(vendor.components)
+            for c in vendor.components:
+                for name in COMPONENT_STATUSES:
+                    component.add_metric([sid, labels[c.id], name, loc], 1.0 if c.status == name else 0.0)
+            for name in COMPONENT_STATUSES:
+                overall.add_metric([sid, name, loc], 1.0 if vendor.overall == name else 0.0)
+            if vendor.source != "unknown":
+                incident.add_metric([sid, loc], 1.0 if vendor.incidents else 0.0)
+            if sstats.detection_lead is not None:
+                lead.add_metric([sid, loc], sstats.detection_lead)
+        yield from (component, overall, incident, lead)
 
 
 def make_registry(live: LiveState, location: str) -> CollectorRegistry:

@@ -265,6 +265,8 @@ class Pipeline:
             if w.check is None:
                 if (sstats := live.services.get(w.service)) is not None:
                     sstats.window = w if isinstance(event, WindowOpened) else None
+                    if w.kind == "down":
+                        sstats.last_down = w
             elif (stats := live.checks.get((w.service, w.check))) is not None:
                 _apply_window(stats, event)
             _log_window(event)

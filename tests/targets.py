@@ -182,6 +182,31 @@ def build_app(target: Target) -> web.Application:
         hit("logout")
         return web.Response(status=204)
 
+    @routes.get("/api/v2/summary.json")
+    async def summary(request: web.Request) -> web.Response:
+        """An Atlassian Statuspage v2 summary; mode["incident_started"] (RFC 3339) opens an
+        incident on the API component, mode["statuspage"] == "html" answers a page shell."""
+        if target.mode.get("statuspage") == "html":
+            return web.Response(text="<!doctype html><html><body>moved</body></html>",
+                                content_type="text/html")
+        started = target.mode.get("incident_started")
+        api_status = "major_outage" if started else "operational"
+        incidents = [{
+            "id": "inc1", "name": "Elevated errors on the API", "status": "investigating",
+            "impact": "major", "started_at": started, "created_at": started, "resolved_at": None,
+            "components": [{"id": "c-api"}],
+        }] if started else []
+        return web.json_response({
+            "page": {"id": "p1", "name": "Acme AI", "url": "https://status.acme.example"},
+            "components": [
+                {"id": "c-api", "name": "API (api.acme.example)", "status": api_status, "group": False},
+                {"id": "c-web", "name": "Website", "status": "operational", "group": False},
+            ],
+            "incidents": incidents,
+            "scheduled_maintenances": [],
+            "status": {"indicator": "major" if started else "none", "description": "..."},
+        })
+
     refused_once: set[str] = set()
 
     @routes.post("/hook")

@@ -241,8 +241,8 @@ INVALID: dict[str, str] = {
         'ax_ttft, status)'
     ),
     'unknown-key.yaml': (
-        'unknown-key.yaml:2: service: unknown key "service" (known: defaults, limits, listen, '
-        'location, notify, services, storage)'
+        'unknown-key.yaml:2: service: unknown key "service" (known: defaults, limits, listen, locat'
+        'ion, notify, services, status_page_interval, storage)'
     ),
     'unknown-limits-key.yaml': (
         'unknown-limits-key.yaml:2: limits.max_inflight: unknown key "max_inflight" (known: '

@@ -209,8 +209,7 @@ async def _read_stream(response: httpx.Response, check: CheckConfig, trace: Prob
                         decoder.feed(chunk)
                     except BodyTooLarge:
                         raise BodyTooLarge(f"stream larger than {check.max_body_bytes} bytes") from None
-                    data = b"".join(decoder.chunks)
-                    decoder.chunks.clear()
+                    data = decoder.drain()
                     events = sse.feed(data)
                 for event, payload in events:
                     state.apply(parse(event, payload), now)

@@ -255,3 +255,9 @@ class BoundedDecoder:
 
     def body(self) -> bytes:
         return b"".join(self.chunks)
+
+    def drain(self) -> bytes:
+        """What was decoded since the last drain (for reading a stream as it comes)."""
+        data = b"".join(self.chunks)
+        self.chunks.clear()
+        return data
