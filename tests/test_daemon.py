@@ -139,6 +139,22 @@ def test_check_config_accepts_the_bundled_config() -> None:
     assert proc.stdout.strip() == f"{ROOT / 'config.yaml'}: ok (7 services, 21 checks)"
 
 
+def test_the_bundled_inference_checks_are_ready_to_enable() -> None:
+    """Deleting the "#| " prefixes in config.yaml enables one stream check per vendor;
+    without the API keys they are skipped, not failed."""
+    from monitor.config import parse
+    text = (ROOT / "config.yaml").read_text().replace("#| ", "")
+    keys = {f"{v}_API_KEY": "k" for v in
+            ("DEEPSEEK", "OPENAI", "ANTHROPIC", "GEMINI", "MISTRAL", "GROQ", "OPENROUTER")}
+    cfg = parse(text, "config.yaml", env=keys)
+    streams = [c for c in cfg.checks if c.kind == "stream"]
+    assert sorted(c.service for c in streams) == sorted(s.id for s in cfg.services)
+    assert {c.format for c in streams} == {"openai", "anthropic", "gemini"}
+    assert all(c.method == "POST" and c.body and c.expect.max_ttft for c in streams)
+    keyless = parse(text, "config.yaml", env={})
+    assert len(keyless.checks) == 21 and len(keyless.skipped) == 7
+
+
 def test_check_config_uses_config_yaml_in_the_working_directory(tmp_path: Path) -> None:
     (tmp_path / "config.yaml").write_text(
         "services:\n  s:\n    checks:\n      c:\n        url: http://x/\n        interval: 30q\n")
