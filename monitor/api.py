@@ -7,7 +7,9 @@ header value, a URL query or anything else from config that may hold a secret.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from aiohttp import web
@@ -20,6 +22,8 @@ LIVE = web.AppKey("live", LiveState)
 DB_PATH = web.AppKey("db_path", str)
 
 MAX_OUTAGES = 1000
+# History reads get their own threads: the default executor also resolves probes' DNS.
+_READERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="aipulse-api")
 
 
 def window_json(w: OutageWindow, now: float) -> dict[str, Any]:
@@ -128,10 +132,10 @@ async def outages(request: web.Request) -> web.Response:
     if not 1 <= limit <= MAX_OUTAGES:
         return json_error(400, f"limit: must be between 1 and {MAX_OUTAGES}")
     try:
-        windows = await asyncio.to_thread(
+        windows = await asyncio.get_running_loop().run_in_executor(_READERS, functools.partial(
             query_windows, request.app[DB_PATH], service=q.get("service"), check=q.get("check"),
             since=since, until=until, limit=limit,
-        )
+        ))
     except StorageError as exc:
         return json_error(503, f"history unavailable: {exc}")
     return web.json_response({"outages": [window_json(w, now) for w in windows]})

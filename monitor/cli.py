@@ -12,10 +12,19 @@ import time
 from pathlib import Path
 
 from monitor import __version__
-from monitor.config import Config, ConfigError, database_path, default_path, load_file, parse_listen
+from monitor.config import (
+    LABEL_VALUE,
+    Config,
+    ConfigError,
+    database_path,
+    default_path,
+    load_file,
+    parse_listen,
+)
 from monitor.probes import Prober
 from monitor.result import ProbeResult
 from monitor.scheduler import Scheduler
+from monitor.store import StorageError
 from monitor.units import format_duration, parse_time, rfc3339
 
 
@@ -102,13 +111,16 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"--listen: {exc}", file=sys.stderr)
             return 2
     if args.location:
+        if not LABEL_VALUE.fullmatch(args.location):
+            print(f'--location: invalid "{args.location}" (use letters, digits, _ . : -)', file=sys.stderr)
+            return 2
         overrides["location"] = args.location
     if args.db:
         overrides["storage_path"] = args.db
     cfg = dataclasses.replace(cfg, **overrides)  # type: ignore[arg-type]
     try:
         asyncio.run(Daemon(cfg).run())
-    except OSError as exc:  # e.g. the listen port is taken
+    except (OSError, StorageError) as exc:  # the listen port is taken, the database unusable
         logging.getLogger("aipulse").error("cannot start: %s", exc)
         return 1
     return 0

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import jsonpath
 
@@ -133,7 +133,7 @@ class CheckConfig:
     steps: tuple[FlowStep, ...] = ()  # kind: flow
     format: str | None = None  # kind: stream: openai | anthropic | gemini
     idle_timeout: float | None = None  # kind: stream: longest wait between content tokens
-    line: int = 0
+    line: int = field(default=0, compare=False)  # where it was written; not part of what it is
 
     @property
     def key(self) -> tuple[str, str]:
@@ -296,7 +296,9 @@ class _Validator:
             services=tuple(services),
             webhooks=webhooks,
             status_page_interval=self.field(data, "status_page_interval", (), _duration, 120.0),
-            secrets=frozenset(self.src.secrets),
+            secrets=frozenset(self.src.secrets).union(*(
+                sensitive_values(r.url, r.headers) for c in (c for s in services for c in s.checks)
+                for r in (c, *c.steps))),
             skipped=tuple((s, c, needs) for (s, c), needs in self.src.missing.items()),
         )
 
@@ -655,7 +657,27 @@ def _extraction(var: str, spec: str) -> Extraction:
 def _headers(value: Any) -> tuple[tuple[str, str], ...]:
     if not isinstance(value, dict):
         raise ValueError(f"must be a mapping of header name to value, got {_kind(value)}")
-    return tuple((str(k), _str(v)) for k, v in value.items())
+    out = []
+    for k, v in value.items():
+        text = _str(v)
+        if any(c in text for c in "\r\n\0"):  # never echo the value: it may be a key
+            raise ValueError(f"header {k}: the value holds a line break or NUL (check the variable)")
+        out.append((str(k), text))
+    return tuple(out)
+
+
+_SENSITIVE = re.compile(r"auth|key|token|secret|passw|cookie|signature|sig$|credential", re.IGNORECASE)
+
+
+def sensitive_values(url: str, headers: tuple[tuple[str, str], ...]) -> set[str]:
+    """Values that look like credentials even when written literally: those of headers
+    and query parameters whose names say so. Redacted like ${VAR} values."""
+    out = {v for k, v in headers if _SENSITIVE.search(k)}
+    out |= {v.split(" ", 1)[1] for v in list(out) if " " in v}  # "Bearer sk-..." -> also "sk-..."
+    for name, value in parse_qsl(urlsplit(url).query):
+        if _SENSITIVE.search(name):
+            out.add(value)
+    return {v for v in out if len(v) >= 6}
 
 
 def _str_list(value: Any) -> tuple[str, ...]:

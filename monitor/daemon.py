@@ -58,9 +58,9 @@ class Daemon:
             notifier = Notifier(cfg.webhooks, cfg.location, prober.redact,
                                 titles={s.id: s.title for s in cfg.services})
         pipeline = Pipeline(cfg, self.live, store, notifier)
-        pipeline.restore(history.open_windows, history.windows, history.transitions, history.gaps,
-                         history.first_seen)
-        await pipeline.commit(restart_gap_events(history.gaps, history.heartbeat, now))
+        orphans = pipeline.restore(history.open_windows, history.windows, history.transitions,
+                                   history.gaps, history.first_seen, last_seen=history.heartbeat or now)
+        await pipeline.commit([*orphans, *restart_gap_events(history.gaps, history.heartbeat, now)])
         if history.open_windows:
             log.info("resuming %d open windows", len(history.open_windows))
         scheduler = Scheduler(

@@ -8,6 +8,7 @@ plain data on the event loop's thread, so no locks are needed.
 from __future__ import annotations
 
 import bisect
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -181,4 +182,6 @@ class LiveState:
         return stats
 
     def gap_spans(self) -> list[Interval]:
+        horizon = time.time() - max(WINDOWS.values())
+        self.gaps = [g for g in self.gaps if g.end is None or g.end > horizon]
         return [(g.start, g.end) for g in self.gaps]

@@ -51,7 +51,10 @@ LEVEL_OF_KIND = {"degraded": Level.DEGRADED, "down": Level.DOWN}
 
 
 def level_of(result: ProbeResult) -> Level | None:
-    """The observation a result makes; None is unknown (a bot wall tells us nothing)."""
+    """The observation a result makes; None is unknown (a bot wall, or a failure inside
+    aipulse, tells us nothing about the service)."""
+    if result.internal:
+        return None
     if result.reason is Reason.OK:
         return Level.DEGRADED if result.degraded else Level.GOOD
     if result.reason is Reason.BLOCKED:
@@ -90,6 +93,11 @@ class WindowClosed:
 
 
 @dataclass(frozen=True, slots=True)
+class WindowUpdated:
+    window: OutageWindow  # still open; its severity rose (a service: partial -> major)
+
+
+@dataclass(frozen=True, slots=True)
 class StateChanged:
     service: str
     check: str | None  # None: the service's own status changed
@@ -117,7 +125,7 @@ class GapClosed:
     gap: Gap
 
 
-Event = WindowOpened | WindowClosed | StateChanged | GapOpened | GapClosed
+Event = WindowOpened | WindowClosed | WindowUpdated | StateChanged | GapOpened | GapClosed
 
 
 def severity_for(kind: str, critical: bool) -> str:

@@ -37,6 +37,7 @@ from monitor.outage import (
     StateChanged,
     WindowClosed,
     WindowOpened,
+    WindowUpdated,
     level_of,
 )
 from monitor.result import ProbeResult
@@ -106,9 +107,17 @@ class Pipeline:
 
     def restore(self, open_windows: Sequence[OutageWindow], windows: Sequence[OutageWindow],
                 transitions: Sequence[StateChanged], gaps: Sequence[Gap],
-                first_seen: dict[tuple[str, str], float]) -> None:
-        """Resume after a restart: open windows stay open; history feeds availability."""
+                first_seen: dict[tuple[str, str], float], last_seen: float) -> list[Event]:
+        """Resume after a restart: open windows stay open; history feeds availability.
+        Returns the events that close windows of checks no longer configured (at
+        `last_seen`, when the previous run was last alive)."""
+        orphans: list[Event] = []
         for w in open_windows:
+            known = self.services.get(w.service) if w.check is None else self.trackers.get(
+                (w.service, w.check))
+            if known is None:
+                orphans.append(WindowClosed(replace(w, end=max(w.start, last_seen))))
+                continue
             if w.check is None:
                 if (svc := self.services.get(w.service)) is not None:
                     svc.window = w
@@ -136,6 +145,7 @@ class Pipeline:
             stats.window = tracker.window
             stats.outages_opened = 0  # a counter: counts windows opened by this process
         self.live.gaps = list(gaps)
+        return orphans
 
     def process(self, result: ProbeResult) -> list[Event]:
         """Decide the events one result causes (no I/O)."""
@@ -260,6 +270,12 @@ class Pipeline:
                              stats.last.reason, stats.last.detail)
                 elif stats.unknown_spans and stats.unknown_spans[-1][1] == event.at:
                     log.info("%s/%s is %s again", event.service, event.check, event.state)
+        elif isinstance(event, WindowUpdated):
+            w = event.window
+            if w.check is None and (sstats := live.services.get(w.service)) is not None:
+                sstats.window = w
+                if w.kind == "down":
+                    sstats.last_down = w
         elif isinstance(event, (WindowOpened, WindowClosed)):
             w = event.window
             if w.check is None:

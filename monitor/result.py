@@ -31,6 +31,7 @@ class ProbeResult:
     ttft: float | None = None  # stream probes only
     step: str | None = None  # flow probes: the failing step
     steps: dict[str, float] = field(default_factory=dict)  # flow probes: seconds per step
+    internal: bool = False  # aipulse failed, not the service: tells nothing about it
 
     @property
     def success(self) -> bool:

@@ -23,6 +23,7 @@ from monitor.outage import (
     StateChanged,
     WindowClosed,
     WindowOpened,
+    WindowUpdated,
 )
 from monitor.reasons import Reason
 
@@ -77,16 +78,15 @@ class ServiceTracker:
         start of the check window that caused it)."""
         events: list[Event] = []
         if status == self.status:
-            if self.window is not None and status == MAJOR_OUTAGE and self.window.severity != MAJOR_OUTAGE:
-                self.window = replace(self.window, severity=MAJOR_OUTAGE)
             return events
         self.status = status
         events.append(StateChanged(self.service, None, status, at))
         level = _LEVEL_OF_STATUS.get(status)
         current = None if self.window is None else LEVEL_OF_KIND[self.window.kind]
         if level == current:
-            if status == MAJOR_OUTAGE and self.window is not None:
-                self.window = replace(self.window, severity=MAJOR_OUTAGE)
+            if status == MAJOR_OUTAGE and self.window is not None and self.window.severity != status:
+                self.window = replace(self.window, severity=MAJOR_OUTAGE)  # the worst while open
+                events.append(WindowUpdated(self.window))
             return events
         start = at if start_hint is None else min(at, start_hint)
         if self.window is not None:

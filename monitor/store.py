@@ -51,12 +51,13 @@ from monitor.outage import (
     StateChanged,
     WindowClosed,
     WindowOpened,
+    WindowUpdated,
 )
 from monitor.result import ProbeResult
 
 log = logging.getLogger("aipulse.store")
 
-EVENT_TYPES = (WindowOpened, WindowClosed, StateChanged, GapOpened, GapClosed)
+EVENT_TYPES = (WindowOpened, WindowClosed, WindowUpdated, StateChanged, GapOpened, GapClosed)
 MAX_DETAIL = 1024  # characters of a result's detail kept in the database
 
 # MIGRATIONS[i] takes the schema from version i to version i + 1 (one transaction).
@@ -543,7 +544,12 @@ class Store:
 
     @staticmethod
     def _write_event(conn: sqlite3.Connection, e: Event) -> None:
-        if isinstance(e, WindowOpened | WindowClosed):
+        if isinstance(e, WindowUpdated):
+            w = e.window
+            conn.execute("UPDATE windows SET severity = ? WHERE service = ? AND check_id = ? "
+                         "AND kind = ? AND start_ts = ? AND end_ts IS NULL",
+                         (w.severity, w.service, _check_col(w.check), w.kind, w.start))
+        elif isinstance(e, WindowOpened | WindowClosed):
             w = e.window
             row = (w.service, _check_col(w.check), w.kind, w.start, w.end, w.reason, w.severity)
             if isinstance(e, WindowOpened):
@@ -554,7 +560,8 @@ class Store:
                 # The row from WindowOpened gets its end; if that row is missing, insert it whole.
                 conn.execute(f"INSERT INTO windows ({_WINDOW_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?) "
                              "ON CONFLICT (service, check_id, kind, start_ts) DO UPDATE "
-                             "SET end_ts = excluded.end_ts, reason = excluded.reason", row)
+                             "SET end_ts = excluded.end_ts, reason = excluded.reason, "
+                             "severity = excluded.severity", row)
         elif isinstance(e, StateChanged):
             conn.execute("INSERT OR IGNORE INTO transitions (service, check_id, ts, state) "
                          "VALUES (?, ?, ?, ?)", (e.service, _check_col(e.check), e.at, e.state))

@@ -128,6 +128,10 @@ def build_app(target: Target) -> web.Application:
         n = int(request.match_info["n"])
         raise web.HTTPFound("/ok" if n <= 1 else f"/redirect/{n - 1}")
 
+    @routes.get("/redirect-to")
+    async def redirect_to(request: web.Request) -> web.Response:
+        raise web.HTTPFound(request.query["url"])
+
     @routes.get("/loop")
     async def loop(request: web.Request) -> web.Response:
         raise web.HTTPFound("/loop")

@@ -514,7 +514,8 @@ def test_credential_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Non
         name="config.yaml", env={},
     )
     assert cfg.checks[0].headers == (("Authorization", "Bearer sk-from-credential"),)
-    assert cfg.secrets == frozenset({"sk-from-credential"})
+    # the variable's value, and the whole Authorization value (a credential header)
+    assert cfg.secrets == frozenset({"sk-from-credential", "Bearer sk-from-credential"})
 
 
 def test_defaults_are_merged_builtin_then_defaults_then_check() -> None:
@@ -692,3 +693,24 @@ services:
       c: {url: "https://x.example/?key=${KEY}"}
 """, name="config.yaml", env={})
     assert cfg.checks == [] and cfg.skipped == (("s", "c", "${KEY}"),)
+
+
+def test_literal_credentials_in_headers_and_queries_are_secrets_too() -> None:
+    cfg = parse(
+        "services:\n  demo:\n    checks:\n      home:\n"
+        "        url: https://api.example.com/v1/models?key=AIzaLiteral123&page=2\n"
+        "        headers: {x-api-key: sk-ant-literal-999, anthropic-version: '2023-06-01',"
+        " Authorization: Bearer tok-abcdef}\n",
+        name="config.yaml", env={},
+    )
+    assert cfg.secrets == frozenset({"AIzaLiteral123", "sk-ant-literal-999", "Bearer tok-abcdef",
+                                     "tok-abcdef"})
+
+
+def test_header_values_with_line_breaks_are_rejected_without_echoing_them() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse("services:\n  d:\n    checks:\n      c:\n        url: https://x.example/\n"
+              "        headers: {Authorization: \"Bearer ${K}\"}\n",
+              name="config.yaml", env={"K": "sk-secret-value\r"})
+    assert str(info.value) == ("config.yaml:6: services.d.checks.c.headers: header Authorization: "
+                               "the value holds a line break or NUL (check the variable)")

@@ -272,3 +272,17 @@ def test_dns_failure_is_dns(tmp_path: Path) -> None:
     assert result["reason"] == "dns"
     assert result["detail"].startswith("cannot resolve aipulse-test.invalid")
     assert result["phases"]["resolve"] > 0
+
+
+@pytest.mark.parametrize(("other_origin", "kept"), [(False, True), (True, False)])
+async def test_configured_headers_never_follow_a_redirect_to_another_origin(
+        target: Target, other_origin: bool, kept: bool) -> None:
+    # 127.0.0.1 and localhost are different origins for the same server
+    echo = f"http://localhost:{target.port}/echo-headers" if other_origin else target.url("/echo-headers")
+    result = await probe_url(
+        target.url(f"/redirect-to?url={echo}"), headers={"X-Api-Key": "sk-test-123456"},
+        expect={"json": {"$['X-Api-Key']": "sk-test-123456"}})
+    assert result.redirects == 1
+    assert (result.reason is Reason.OK) is kept, result.detail
+    if not kept:
+        assert result.detail == "JSONPath $['X-Api-Key'] matched nothing"

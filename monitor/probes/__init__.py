@@ -8,6 +8,7 @@ A probe never raises and never touches metrics or storage: it returns a ProbeRes
 
 from __future__ import annotations
 
+import logging
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -25,6 +26,8 @@ from monitor.result import ProbeResult
 ProbeFn = Callable[[CheckConfig, httpx.AsyncClient, Redactor], Awaitable[ProbeResult]]
 
 PROBES: dict[str, ProbeFn] = {"http": http.probe, "flow": flow.probe, "stream": stream.probe}
+
+log = logging.getLogger("aipulse")
 
 USER_AGENT = f"aipulse/{__version__} (availability monitor)"
 
@@ -50,9 +53,12 @@ class Prober:
         try:
             return await PROBES[check.kind](check, self._client(), self.redact)
         except Exception as exc:  # a bug in a probe must not stop the scheduler
+            # ... nor look like the service's outage: `internal` makes it unknown.
+            log.exception("probe of %s/%s failed inside aipulse", check.service, check.id)
             return ProbeResult(
                 service=check.service, check=check.id, started=time.time(), duration=0.0,
-                reason=Reason.PROTOCOL, detail=self.redact(f"internal error: {exc!r}"),
+                reason=Reason.PROTOCOL, detail=self.redact(f"internal error: {type(exc).__name__}"),
+                internal=True,
             )
 
     async def aclose(self) -> None:

@@ -39,6 +39,7 @@ async def probe(check: CheckConfig, client: httpx.AsyncClient, redact: Redactor)
     step_seconds: dict[str, float] = {}
     failed: tuple[str, Reason, str] | None = None
     current = check.steps[0].name
+    t_step = time.perf_counter()
     try:
         async with asyncio.timeout(check.timeout):
             for step in check.steps:
@@ -51,8 +52,9 @@ async def probe(check: CheckConfig, client: httpx.AsyncClient, redact: Redactor)
                 if reason is not Reason.OK and failed is None:
                     failed = (step.name, reason, detail)
     except TimeoutError:
-        step_seconds.setdefault(current, 0.0)
-        failed = (current, Reason.TIMEOUT, f"timed out after {check.timeout:g}s {trace.stage}")
+        step_seconds[current] = time.perf_counter() - t_step
+        if failed is None:  # a clean-up step timing out does not hide the first failure
+            failed = (current, Reason.TIMEOUT, f"timed out after {check.timeout:g}s {trace.stage}")
     finally:
         trace.deactivate(token)
     duration = time.perf_counter() - t0
@@ -85,7 +87,7 @@ async def _run_step(step: FlowStep, check: CheckConfig, client: httpx.AsyncClien
         response = await send(client, step.method, url, headers, body, trace)
         content = await read_body(response, check.max_body_bytes, trace)
     except Exception as exc:
-        await fetch_refused_cert(exc, response_host(url), trace)
+        await fetch_refused_cert(exc, trace)
         return failure(exc, check, trace)
     reason, detail = judge(step.expect, response.status_code, response.headers, content,
                            trace.cert_expiry, time.time())
@@ -95,6 +97,8 @@ async def _run_step(step: FlowStep, check: CheckConfig, client: httpx.AsyncClien
                 variables[extraction.var] = extract(extraction, response, content, client)
         except ExtractError as exc:
             return Reason.ASSERTION, str(exc)
+        except (ValueError, RecursionError, LookupError) as exc:  # e.g. JSON nested too deeply
+            return Reason.ASSERTION, f"extract failed: {type(exc).__name__}"
     return reason, detail
 
 
@@ -104,10 +108,6 @@ def render(text: str, variables: dict[str, str], url: bool = False) -> str:
         value = variables.get(m.group(1), "")  # type: ignore[attr-defined]
         return quote(value, safe="") if url else value
     return TEMPLATE.sub(sub, text)
-
-
-def response_host(url: str) -> str:
-    return httpx.URL(url).host
 
 
 def extract(e: Extraction, response: httpx.Response, content: bytes, client: httpx.AsyncClient) -> str:

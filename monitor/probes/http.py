@@ -35,7 +35,7 @@ async def probe(check: CheckConfig, client: httpx.AsyncClient, redact: Redactor)
                 response = await send(client, check.method, check.url, check.headers, check.body, trace)
                 body = await read_body(response, check.max_body_bytes, trace)
             except Exception as exc:
-                await fetch_refused_cert(exc, check.host, trace)
+                await fetch_refused_cert(exc, trace)
                 raise
         duration = time.perf_counter() - t0
         reason, detail = judge(
@@ -68,15 +68,25 @@ async def send(client: httpx.AsyncClient, method: str, url: str, headers: tuple[
     download anything)."""
     request = client.build_request(method, url, headers=headers, content=body,
                                    extensions={"trace": trace})
+    origin = _origin(request.url)
     response = await client.send(request, stream=True)
-    while response.next_request is not None:
+    while (following := response.next_request) is not None:
         await response.aclose()
         if trace.redirects == MAX_REDIRECTS:
             raise httpx.TooManyRedirects(f"more than {MAX_REDIRECTS} redirects")
         trace.redirects += 1
-        response = await client.send(response.next_request, stream=True)
+        if _origin(following.url) != origin:
+            # httpx drops Authorization on a cross-origin redirect; x-api-key and the
+            # like are ours to drop: a redirect must never carry a key elsewhere.
+            for name, _ in headers:
+                following.headers.pop(name, None)
+        response = await client.send(following, stream=True)
     trace.status = response.status_code
     return response
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    return (url.scheme, url.host, url.port)
 
 
 async def read_body(response: httpx.Response, limit: int, trace: ProbeTrace) -> bytes:
@@ -92,11 +102,12 @@ async def read_body(response: httpx.Response, limit: int, trace: ProbeTrace) -> 
     return decoder.body()
 
 
-async def fetch_refused_cert(exc: Exception, host: str, trace: ProbeTrace) -> None:
-    """After a TLS failure, still learn the expiry of the certificate we refused."""
+async def fetch_refused_cert(exc: Exception, trace: ProbeTrace) -> None:
+    """After a TLS failure, still learn the expiry of the certificate we refused (of
+    the host we were talking to, which after a redirect may not be the check's)."""
     if reason_for_exception(exc) is Reason.TLS and trace.address is not None:
         with contextlib.suppress(OSError, ValueError):
-            trace.cert_expiry = await fetch_cert_expiry(host, trace.address)
+            trace.cert_expiry = await fetch_cert_expiry(trace.server_name, trace.address)
 
 
 def is_slow(reason: Reason, duration: float, check: CheckConfig) -> bool:

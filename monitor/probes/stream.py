@@ -60,7 +60,7 @@ async def probe(check: CheckConfig, client: httpx.AsyncClient, redact: Redactor)
                 response = await send(client, check.method, check.url, _request_headers(check),
                                       check.body, trace)
             except Exception as exc:
-                await fetch_refused_cert(exc, check.host, trace)
+                await fetch_refused_cert(exc, trace)
                 raise
             reason, detail = await _judge_response(response, check, trace, state)
         duration = time.perf_counter() - t0

@@ -38,14 +38,16 @@ _current: contextvars.ContextVar[ProbeTrace | None] = contextvars.ContextVar(
 class ProbeTrace:
     """Phase clock for one probe (all hops of a redirect chain added up)."""
 
-    __slots__ = ("_marks", "address", "cert_expiry", "phases", "redirects", "stage", "status")
+    __slots__ = ("_marks", "address", "cert_expiry", "phases", "redirects", "server_name", "stage",
+                 "status")
 
     def __init__(self) -> None:
         self.phases = dict.fromkeys(("resolve", "connect", "tls", "processing", "transfer"), 0.0)
         self.stage = "starting"
         self.status = 0  # of the last response seen
         self.redirects = 0
-        self.address: tuple[str, int] | None = None
+        self.address: tuple[str, int] | None = None  # the address last connected to
+        self.server_name = ""  # ... and the host name it was resolved from
         self.cert_expiry: float | None = None
         self._marks: dict[str, float] = {}
 
@@ -121,6 +123,7 @@ class TimedBackend(httpcore.AsyncNetworkBackend):
         began = time.perf_counter()
         if trace is not None:
             trace.stage = "resolving"
+            trace.server_name = host
         try:
             infos = await asyncio.get_running_loop().getaddrinfo(
                 host, port, type=socket.SOCK_STREAM
