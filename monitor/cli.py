@@ -26,6 +26,7 @@ from monitor.result import ProbeResult
 from monitor.scheduler import Scheduler
 from monitor.store import StorageError
 from monitor.units import format_duration, parse_time, rfc3339
+from monitor.webconfig import WebConfigError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,8 +120,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides["storage_path"] = args.db
     cfg = dataclasses.replace(cfg, **overrides)  # type: ignore[arg-type]
     try:
-        asyncio.run(Daemon(cfg).run())
-    except (OSError, StorageError) as exc:  # the listen port is taken, the database unusable
+        asyncio.run(Daemon(cfg, overrides).run())
+    except (OSError, StorageError, WebConfigError) as exc:  # port taken, database unusable, ...
         logging.getLogger("aipulse").error("cannot start: %s", exc)
         return 1
     return 0

@@ -178,6 +178,7 @@ class Config:
     services: tuple[ServiceConfig, ...] = ()
     webhooks: tuple[WebhookConfig, ...] = ()
     status_page_interval: float = 120.0  # how often vendor status pages are polled
+    web_config: str | None = None  # exporter-toolkit web config (TLS, basic auth) for our endpoints
     secrets: frozenset[str] = frozenset()
     # checks left out because this machine lacks a key: (service, check, "${VAR}")
     skipped: tuple[tuple[str, str, str], ...] = ()  # expanded variable values; never print these
@@ -265,7 +266,7 @@ class _Validator:
 
     def config(self) -> Config:
         top_keys = frozenset({"listen", "location", "storage", "limits", "defaults", "services", "notify",
-                              "status_page_interval"})
+                              "status_page_interval", "web_config"})
         data = self.mapping(self.src.data, (), top_keys)
         host, port = self.field(data, "listen", (), lambda v: parse_listen(_str(v)),
                                 parse_listen(DEFAULT_LISTEN))
@@ -296,6 +297,8 @@ class _Validator:
             services=tuple(services),
             webhooks=webhooks,
             status_page_interval=self.field(data, "status_page_interval", (), _duration, 120.0),
+            web_config=self.field(data, "web_config", (), lambda v: str(
+                Path(self.src.name).parent / _str(v))),
             secrets=frozenset(self.src.secrets).union(*(
                 sensitive_values(r.url, r.headers) for c in (c for s in services for c in s.checks)
                 for r in (c, *c.steps))),

@@ -1,42 +1,51 @@
-"""The daemon: wires config, scheduler, probes, pipeline, store, notifier and server."""
+"""The daemon: wires config, scheduler, probes, pipeline, store, notifier and server,
+and applies a new config live (SIGHUP or POST /-/reload)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import time
+from typing import Any
 
 import stamina
 from aiohttp import web
 
 from monitor import server, statuspage
 from monitor.availability import WINDOWS
-from monitor.config import Config, database_path
+from monitor.config import Config, ConfigError, database_path, load_file
 from monitor.live import LiveState
 from monitor.metrics import make_registry
 from monitor.notify import Notifier
 from monitor.pipeline import Pipeline, restart_gap_events
 from monitor.probes import Prober
+from monitor.redact import Redactor
 from monitor.scheduler import Scheduler
 from monitor.store import Store
+from monitor.webconfig import WebConfig, WebConfigError, load_web_config
 
 log = logging.getLogger("aipulse")
 
 HEARTBEAT_EVERY = 5.0  # seconds; after a crash, the gap starts at most this much early
+RESTART_ONLY = ("listen_host", "listen_port", "location", "storage_path", "web_config")
 
 
 class Daemon:
-    """One running aipulse. `run()` until `stop()` (or SIGTERM/SIGINT)."""
+    """One running aipulse. `run()` until `stop()` (or SIGTERM/SIGINT); `reload()`
+    (or SIGHUP) applies the config file again."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, overrides: dict[str, Any] | None = None) -> None:
         self.config = config
+        self.overrides = overrides or {}  # from the command line; they win on reload too
         self.db_path = database_path(config.storage_path)
         self.live = LiveState()
         self.registry = make_registry(self.live, config.location)
         self.port: int | None = None
         self._stop = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
         self._runner: web.AppRunner | None = None
 
     def stop(self) -> None:
@@ -44,50 +53,47 @@ class Daemon:
 
     async def run(self) -> None:
         cfg = self.config
+        web_config = load_web_config(cfg.web_config) if cfg.web_config else WebConfig()
         for note in cfg.skipped_notes():
             log.warning("%s", note)
-        prober = Prober(cfg.secrets)
-        store = Store(self.db_path, cfg.results_retention)
+        self.prober = Prober(cfg.secrets)
+        self.store = store = Store(self.db_path, cfg.results_retention)
         now = time.time()
         history = store.open(since=now - WINDOWS["30d"])
-        notifier = None
-        if cfg.webhooks:
-            # The notifier logs one line per delivery given up; stamina's own per-retry
-            # warnings would repeat it for every attempt.
-            stamina.instrumentation.set_on_retry_hooks([])
-            notifier = Notifier(cfg.webhooks, cfg.location, prober.redact,
-                                titles={s.id: s.title for s in cfg.services})
-        pipeline = Pipeline(cfg, self.live, store, notifier)
+        self.pipeline = pipeline = Pipeline(cfg, self.live, store, self._make_notifier(cfg))
         orphans = pipeline.restore(history.open_windows, history.windows, history.transitions,
                                    history.gaps, history.first_seen, last_seen=history.heartbeat or now)
         await pipeline.commit([*orphans, *restart_gap_events(history.gaps, history.heartbeat, now)])
         if history.open_windows:
             log.info("resuming %d open windows", len(history.open_windows))
-        scheduler = Scheduler(
-            prober.run, pipeline.handle,
+        self.scheduler = scheduler = Scheduler(
+            self.prober.run, pipeline.handle,
             max_in_flight=cfg.max_in_flight, per_host_rate=cfg.per_host_rate,
             on_lag=self.live.scheduler_lag.observe, on_missed=self._on_missed,
         )
         pipeline.start()
         heartbeat = asyncio.create_task(self._heartbeat(store))
-        vendor_pages = {s.id: s.status_page for s in cfg.services if s.status_page}
         vendor_client = statuspage.new_client()
-        poller = statuspage.StatusPagePoller(vendor_pages, vendor_client, interval=cfg.status_page_interval,
-                                             on_update=self._vendor_update)
+        self.poller = poller = statuspage.StatusPagePoller(
+            self._vendor_pages(cfg), vendor_client, interval=cfg.status_page_interval,
+            on_update=self._vendor_update)
+        self.web_config = web_config
         loop = asyncio.get_running_loop()
         try:
-            self._runner = await server.start(
-                server.make_app(self.live, self.registry, self.db_path), cfg.listen_host, cfg.listen_port
-            )
+            app = server.make_app(self.live, self.registry, self.db_path, self.reload, web_config)
+            self._runner = await server.start(app, cfg.listen_host, cfg.listen_port, web_config.ssl_context)
             self.port = server.bound_port(self._runner)
             for sig in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.add_signal_handler(sig, self.stop)
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
             scheduler.set_checks(cfg.checks)
             poller.start()
             self.live.ready = True
-            log.info("aipulse started: %d checks in %d services, listening on %s:%d, history in %s",
-                     len(cfg.checks), len(cfg.services), cfg.listen_host, self.port, self.db_path)
+            log.info("aipulse started: %d checks in %d services, listening on %s://%s:%d, history in %s",
+                     len(cfg.checks), len(cfg.services), "https" if web_config.ssl_context else "http",
+                     cfg.listen_host, self.port, self.db_path)
             await self._stop.wait()
             log.info("stopping")
         finally:
@@ -98,14 +104,61 @@ class Daemon:
             heartbeat.cancel()
             if self._runner is not None:
                 await self._runner.cleanup()
-            if notifier is not None:
-                await notifier.aclose(timeout=2.0)
+            if pipeline.notifier is not None:
+                await pipeline.notifier.aclose(timeout=2.0)  # type: ignore[attr-defined]
             store.heartbeat(time.time())
             await store.close()
-            await prober.aclose()
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            await self.prober.aclose()
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
+
+    async def reload(self) -> str | None:
+        """Read the config file again and apply it atomically. On any error the running
+        config stays, the error is logged and returned, and the reload gauge goes to 0."""
+        async with self._reload_lock:
+            old = self.config
+            try:
+                new = dataclasses.replace(load_file(old.path), **self.overrides)
+                web_config = load_web_config(new.web_config) if new.web_config else WebConfig()
+            except (ConfigError, WebConfigError) as exc:
+                self.live.reload_ok = False
+                log.error("reload failed, keeping the running config:\n%s", exc)
+                return str(exc)
+            changed = [k for k in RESTART_ONLY if getattr(new, k) != getattr(old, k)]
+            if changed:
+                log.warning("%s changed: takes effect after a restart", ", ".join(changed))
+                new = dataclasses.replace(new, **{k: getattr(old, k) for k in changed})
+            for note in new.skipped_notes():
+                log.warning("%s", note)
+            self.prober.redact = Redactor(new.secrets)
+            await self.pipeline.commit(self.pipeline.configure(new))
+            self.scheduler.set_checks(new.checks)
+            await self.poller.update(self._vendor_pages(new))
+            if new.webhooks != old.webhooks:
+                if self.pipeline.notifier is not None:
+                    await self.pipeline.notifier.aclose(timeout=2.0)  # type: ignore[attr-defined]
+                self.pipeline.notifier = self._make_notifier(new)
+            if "web_config" not in changed:
+                self.web_config.users = web_config.users  # applies to the next request
+                self.web_config._verified.clear()
+            self.config = new
+            self.live.reload_ok = True
+            log.info("config reloaded: %d checks in %d services", len(new.checks), len(new.services))
+            return None
+
+    def _make_notifier(self, cfg: Config) -> Notifier | None:
+        if not cfg.webhooks:
+            return None
+        # The notifier logs one line per delivery given up; stamina's own per-retry
+        # warnings would repeat it for every attempt.
+        stamina.instrumentation.set_on_retry_hooks([])
+        return Notifier(cfg.webhooks, cfg.location, self.prober.redact,
+                        titles={s.id: s.title for s in cfg.services})
+
+    @staticmethod
+    def _vendor_pages(cfg: Config) -> dict[str, str]:
+        return {s.id: s.status_page for s in cfg.services if s.status_page}
 
     async def _heartbeat(self, store: Store) -> None:
         while True:

@@ -84,8 +84,19 @@ class Pipeline:
         self._consumer: asyncio.Task[None] | None = None
         self.configure(config)
 
-    def configure(self, config: Config) -> None:
-        """Adopt a (new) config: unchanged checks keep their trackers and open windows."""
+    def configure(self, config: Config, now: float | None = None) -> list[Event]:
+        """Adopt a (new) config: unchanged checks keep their trackers and open windows.
+        Returns events closing the open windows of checks and services it removes."""
+        now = time.time() if now is None else now
+        keep = {c.key for c in config.checks}
+        keep_services = {s.id for s in config.services}
+        orphans: list[Event] = [
+            WindowClosed(replace(t.window, end=max(t.window.start, now)))
+            for key, t in self.trackers.items() if key not in keep and t.window is not None
+        ] + [
+            WindowClosed(replace(t.window, end=max(t.window.start, now)))
+            for sid, t in self.services.items() if sid not in keep_services and t.window is not None
+        ]
         self.config = config
         self.service_configs = {s.id: s for s in config.services}
         old = self.trackers
@@ -104,6 +115,7 @@ class Pipeline:
         self.offline.hosts = frozenset(c.host for c in config.checks)
         self.hold_limit = min(MAX_HOLD, max((c.interval + c.timeout for c in config.checks), default=0))
         self.live.set_services(config.services)
+        return orphans
 
     def restore(self, open_windows: Sequence[OutageWindow], windows: Sequence[OutageWindow],
                 transitions: Sequence[StateChanged], gaps: Sequence[Gap],

@@ -4,9 +4,15 @@
     GET /healthz   200 while the event loop is alive
     GET /readyz    200 once the config is loaded and the first round is scheduled
     GET /api/v1/status, /api/v1/outages   see monitor.api
+    POST /-/reload reload the config (as SIGHUP does)
+
+With a web config (monitor.webconfig), every path needs basic auth and TLS is served.
 """
 
 from __future__ import annotations
+
+import ssl
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client.registry import CollectorRegistry
@@ -14,8 +20,11 @@ from prometheus_client.registry import CollectorRegistry
 from monitor import api
 from monitor.live import LiveState
 from monitor.metrics import render
+from monitor.webconfig import WebConfig
 
 REGISTRY = web.AppKey("registry", CollectorRegistry)
+RELOAD = web.AppKey("reload", Callable[[], Awaitable[str | None]])
+WEB = web.AppKey("web", WebConfig)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -33,21 +42,42 @@ async def readyz(request: web.Request) -> web.Response:
     return web.Response(status=503, text="not ready\n")
 
 
-def make_app(live: LiveState, registry: CollectorRegistry, db_path: str) -> web.Application:
-    app = web.Application(client_max_size=64 * 1024)
+async def reload(request: web.Request) -> web.Response:
+    error = await request.app[RELOAD]()
+    if error is not None:
+        return web.json_response({"error": error}, status=500)
+    return web.json_response({"status": "reloaded"})
+
+
+@web.middleware
+async def basic_auth(request: web.Request,
+                     handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    if not request.app[WEB].allows(request.headers.get("Authorization")):
+        return web.json_response({"error": "unauthorized"}, status=401,
+                                 headers={"WWW-Authenticate": 'Basic realm="aipulse"'})
+    return await handler(request)
+
+
+def make_app(live: LiveState, registry: CollectorRegistry, db_path: str,
+             on_reload: Callable[[], Awaitable[str | None]], web_config: WebConfig) -> web.Application:
+    app = web.Application(client_max_size=64 * 1024, middlewares=[basic_auth])
     api.add_routes(app, live, db_path)
     app[REGISTRY] = registry
+    app[RELOAD] = on_reload
+    app[WEB] = web_config  # replaced on reload: new users apply to the next request
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_post("/-/reload", reload)
     return app
 
 
-async def start(app: web.Application, host: str, port: int) -> web.AppRunner:
+async def start(app: web.Application, host: str, port: int,
+                ssl_context: ssl.SSLContext | None = None) -> web.AppRunner:
     """Start serving; returns the runner (call `cleanup()` to stop)."""
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=ssl_context)
     await site.start()
     return runner
 

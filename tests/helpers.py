@@ -50,14 +50,18 @@ def free_port() -> int:
 
 
 class RunningDaemon:
-    def __init__(self, proc: subprocess.Popen[str], port: int, log: Path, location: str) -> None:
+    def __init__(self, proc: subprocess.Popen[str], port: int, log: Path, location: str,
+                 scheme: str = "http", verify: Any = True, auth: Any = None) -> None:
         self.proc, self.port, self.log, self.location = proc, port, log, location
+        self.scheme, self.verify, self.auth = scheme, verify, auth
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"{self.scheme}://127.0.0.1:{self.port}{path}"
 
-    def get(self, path: str, **kw: object) -> httpx.Response:
-        return httpx.get(self.url(path), timeout=5, **kw)  # type: ignore[arg-type]
+    def get(self, path: str, **kw: Any) -> httpx.Response:
+        kw.setdefault("verify", self.verify)
+        kw.setdefault("auth", self.auth)
+        return httpx.get(self.url(path), timeout=5, **kw)
 
     def samples(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
         out = {}
@@ -73,7 +77,7 @@ class RunningDaemon:
 
 @contextmanager
 def start_daemon(config: dict[str, Any], tmp_path: Path, db: Path | None = None,
-                 log_name: str = "daemon.log") -> Iterator[RunningDaemon]:
+                 log_name: str = "daemon.log", **client: Any) -> Iterator[RunningDaemon]:
     """`aipulse run` in a subprocess on a free port, ready when /readyz says so."""
     port = free_port()
     config = {"listen": f"127.0.0.1:{port}", **config}
@@ -86,7 +90,7 @@ def start_daemon(config: dict[str, Any], tmp_path: Path, db: Path | None = None,
     with log.open("w") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
                                 env={k: v for k, v in os.environ.items() if k != "STATE_DIRECTORY"})
-    d = RunningDaemon(proc, port, log, str(config.get("location", "local")))
+    d = RunningDaemon(proc, port, log, str(config.get("location", "local")), **client)
 
     def ready() -> bool:
         try:

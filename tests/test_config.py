@@ -242,7 +242,7 @@ INVALID: dict[str, str] = {
     ),
     'unknown-key.yaml': (
         'unknown-key.yaml:2: service: unknown key "service" (known: defaults, limits, listen, locat'
-        'ion, notify, services, status_page_interval, storage)'
+        'ion, notify, services, status_page_interval, storage, web_config)'
     ),
     'unknown-limits-key.yaml': (
         'unknown-limits-key.yaml:2: limits.max_inflight: unknown key "max_inflight" (known: '
