@@ -146,3 +146,8 @@ def add_routes(app: web.Application, live: LiveState, db_path: str) -> None:
     app[DB_PATH] = db_path
     app.router.add_get("/api/v1/status", status)
     app.router.add_get("/api/v1/outages", outages)
+    app.router.add_route("*", "/api/{rest:.*}", not_found)
+
+
+async def not_found(request: web.Request) -> web.Response:
+    return json_error(404, f"no such endpoint: {request.method} {request.path}")
