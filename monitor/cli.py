@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from monitor import __version__
+from monitor import __version__, logs
 from monitor.config import (
     LABEL_VALUE,
     Config,
@@ -31,10 +31,7 @@ from monitor.webconfig import WebConfigError
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.setup(args.log_level, args.log_format)
     if args.command is None:
         _parser().print_help()
         return 2
@@ -45,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="aipulse", description="Availability monitor for AI services.")
     p.add_argument("--version", action="version", version=f"aipulse {__version__}")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", default="text", choices=list(logs.FORMATS),
+                   help="text (default; journald priorities when stderr is the journal) or json lines")
     sub = p.add_subparsers(dest="command")
 
     def with_config(sp: argparse.ArgumentParser) -> None:

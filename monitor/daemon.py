@@ -9,17 +9,19 @@ import dataclasses
 import logging
 import signal
 import time
+from collections import Counter
 from typing import Any
 
 import stamina
 from aiohttp import web
 
-from monitor import server, statuspage
+from monitor import server, statuspage, systemd
 from monitor.availability import WINDOWS
 from monitor.config import Config, ConfigError, database_path, load_file
 from monitor.live import LiveState
 from monitor.metrics import make_registry
 from monitor.notify import Notifier
+from monitor.outage import State
 from monitor.pipeline import Pipeline, restart_gap_events
 from monitor.probes import Prober
 from monitor.redact import Redactor
@@ -46,6 +48,7 @@ class Daemon:
         self.port: int | None = None
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
+        self.sd = systemd.SystemdNotifier()  # no-op unless started by systemd (NOTIFY_SOCKET)
         self._runner: web.AppRunner | None = None
 
     def stop(self) -> None:
@@ -73,6 +76,7 @@ class Daemon:
         )
         pipeline.start()
         heartbeat = asyncio.create_task(self._heartbeat(store))
+        watchdog = asyncio.create_task(systemd.watchdog(notifier=self.sd))  # WatchdogSec=, from the loop
         vendor_client = statuspage.new_client()
         self.poller = poller = statuspage.StatusPagePoller(
             self._vendor_pages(cfg), vendor_client, interval=cfg.status_page_interval,
@@ -94,9 +98,11 @@ class Daemon:
             log.info("aipulse started: %d checks in %d services, listening on %s://%s:%d, history in %s",
                      len(cfg.checks), len(cfg.services), "https" if web_config.ssl_context else "http",
                      cfg.listen_host, self.port, self.db_path)
+            self.sd.ready(self._sd_status())  # after /readyz turned 200
             await self._stop.wait()
             log.info("stopping")
         finally:
+            self.sd.stopping()
             await scheduler.stop()
             await poller.stop()
             await vendor_client.aclose()
@@ -109,6 +115,7 @@ class Daemon:
             store.heartbeat(time.time())
             await store.close()
             await self.prober.aclose()
+            watchdog.cancel()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
@@ -117,35 +124,43 @@ class Daemon:
         """Read the config file again and apply it atomically. On any error the running
         config stays, the error is logged and returned, and the reload gauge goes to 0."""
         async with self._reload_lock:
-            old = self.config
+            self.sd.reloading()
             try:
-                new = dataclasses.replace(load_file(old.path), **self.overrides)
-                web_config = load_web_config(new.web_config) if new.web_config else WebConfig()
-            except (ConfigError, WebConfigError) as exc:
-                self.live.reload_ok = False
-                log.error("reload failed, keeping the running config:\n%s", exc)
-                return str(exc)
-            changed = [k for k in RESTART_ONLY if getattr(new, k) != getattr(old, k)]
-            if changed:
-                log.warning("%s changed: takes effect after a restart", ", ".join(changed))
-                new = dataclasses.replace(new, **{k: getattr(old, k) for k in changed})
-            for note in new.skipped_notes():
-                log.warning("%s", note)
-            self.prober.redact = Redactor(new.secrets)
-            await self.pipeline.commit(self.pipeline.configure(new))
-            self.scheduler.set_checks(new.checks)
-            await self.poller.update(self._vendor_pages(new))
-            if new.webhooks != old.webhooks:
-                if self.pipeline.notifier is not None:
-                    await self.pipeline.notifier.aclose(timeout=2.0)  # type: ignore[attr-defined]
-                self.pipeline.notifier = self._make_notifier(new)
-            if "web_config" not in changed:
-                self.web_config.users = web_config.users  # applies to the next request
-                self.web_config._verified.clear()
-            self.config = new
-            self.live.reload_ok = True
-            log.info("config reloaded: %d checks in %d services", len(new.checks), len(new.services))
-            return None
+                return await self._reload()
+            finally:
+                self.sd.ready(self._sd_status())  # READY=1 ends the reload, failed or not
+
+    async def _reload(self) -> str | None:
+        """The body of reload(), under its lock."""
+        old = self.config
+        try:
+            new = dataclasses.replace(load_file(old.path), **self.overrides)
+            web_config = load_web_config(new.web_config) if new.web_config else WebConfig()
+        except (ConfigError, WebConfigError) as exc:
+            self.live.reload_ok = False
+            log.error("reload failed, keeping the running config:\n%s", exc)
+            return str(exc)
+        changed = [k for k in RESTART_ONLY if getattr(new, k) != getattr(old, k)]
+        if changed:
+            log.warning("%s changed: takes effect after a restart", ", ".join(changed))
+            new = dataclasses.replace(new, **{k: getattr(old, k) for k in changed})
+        for note in new.skipped_notes():
+            log.warning("%s", note)
+        self.prober.redact = Redactor(new.secrets)
+        await self.pipeline.commit(self.pipeline.configure(new))
+        self.scheduler.set_checks(new.checks)
+        await self.poller.update(self._vendor_pages(new))
+        if new.webhooks != old.webhooks:
+            if self.pipeline.notifier is not None:
+                await self.pipeline.notifier.aclose(timeout=2.0)  # type: ignore[attr-defined]
+            self.pipeline.notifier = self._make_notifier(new)
+        if "web_config" not in changed:
+            self.web_config.users = web_config.users  # applies to the next request
+            self.web_config._verified.clear()
+        self.config = new
+        self.live.reload_ok = True
+        log.info("config reloaded: %d checks in %d services", len(new.checks), len(new.services))
+        return None
 
     def _make_notifier(self, cfg: Config) -> Notifier | None:
         if not cfg.webhooks:
@@ -160,9 +175,19 @@ class Daemon:
     def _vendor_pages(cfg: Config) -> dict[str, str]:
         return {s.id: s.status_page for s in cfg.services if s.status_page}
 
+    def _sd_status(self) -> str:
+        states = Counter(stats.state for stats in self.live.checks.values())
+        return systemd.status_line(len(self.config.checks), len(self.config.services),
+                                   down=states[State.DOWN], degraded=states[State.DEGRADED],
+                                   listen=f"{self.config.listen_host}:{self.port}")
+
     async def _heartbeat(self, store: Store) -> None:
+        status = None
         while True:
             store.heartbeat(time.time())
+            if self.live.ready and (text := self._sd_status()) != status:
+                status = text
+                self.sd.status(text)
             self.live.storage_errors = store.errors
             await asyncio.sleep(HEARTBEAT_EVERY)
 
