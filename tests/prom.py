@@ -12,7 +12,6 @@ from typing import Any
 
 import httpx
 import yaml
-
 from helpers import free_port, wait_for
 
 

@@ -223,7 +223,7 @@ def panels() -> list[dict[str, Any]]:
 def variable(name: str, label: str, metric: str) -> dict[str, Any]:
     query = f"label_values({metric}, {name})"
     return {"type": "query", "name": name, "label": label, "datasource": DS,
-            "query": {"query": query, "refId": f"{name}-values"}, "definition": query,
+            "query": query, "definition": query,
             "refresh": 2, "sort": 1, "multi": True, "includeAll": True, "allValue": ".*",
             "current": {"selected": True, "text": ["All"], "value": ["$__all"]}, "options": [],
             "hide": 0, "regex": ""}
@@ -251,7 +251,8 @@ def dashboard() -> dict[str, Any]:
             "type": "dashboard"}]},
         "templating": {"list": [
             {"type": "datasource", "name": "datasource", "label": "Data source", "query": "prometheus",
-             "current": {}, "hide": 0, "refresh": 1, "regex": "", "includeAll": False, "multi": False},
+             "current": {}, "options": [], "hide": 0, "refresh": 1, "regex": "", "includeAll": False,
+             "multi": False},
             variable("location", "Location", "aipulse_build_info"),
             variable("service", "Service", f"aipulse_service_status{{{LOCATION}}}"),
             variable("check", "Check", f"aipulse_check_state{{{SERVICE}}}"),
