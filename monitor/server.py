@@ -5,6 +5,7 @@
     GET /readyz    200 once the config is loaded and the first round is scheduled
     GET /api/v1/status, /api/v1/outages   see monitor.api
     POST /-/reload reload the config (as SIGHUP does)
+    GET /, /services/<id>   the HTML status page, see monitor.page
 
 With a web config (monitor.webconfig), every path needs basic auth and TLS is served.
 """
@@ -17,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from prometheus_client.registry import CollectorRegistry
 
-from monitor import api
+from monitor import api, page
 from monitor.live import LiveState
 from monitor.metrics import render
 from monitor.webconfig import WebConfig
@@ -69,6 +70,7 @@ def make_app(live: LiveState, registry: CollectorRegistry, db_path: str,
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_post("/-/reload", reload)
+    page.add_routes(app)  # GET / and /services/<id>
     return app
 
 
