@@ -1,4 +1,4 @@
-"""Command line: `aipulse run | check-config | once | outages | --version`."""
+"""Command line: `aipulse run | check-config | once | outages | demo | --version`."""
 
 from __future__ import annotations
 
@@ -56,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--db", help="SQLite database (default: storage.path, else "
                      "$STATE_DIRECTORY/aipulse.db, else ./aipulse.db)")
     run.add_argument("--location", help="value of the location label on every series")
+    run.add_argument("--shard", metavar="I/N", help="probe only shard I of N (1-based) of the checks; "
+                     "N instances of one location, same config, split it without overlap")
     run.set_defaults(func=cmd_run)
 
     check = sub.add_parser("check-config", help="validate the config and exit")
@@ -75,6 +77,17 @@ def _parser() -> argparse.ArgumentParser:
     outages.add_argument("--check", help="only this check")
     outages.add_argument("--json", action="store_true", help="print JSON instead of a table")
     outages.set_defaults(func=cmd_outages)
+
+    demo = sub.add_parser("demo", help="offline demo: watch a simulated AI provider replay DeepSeek's "
+                          "January 2025 incident")
+    demo.add_argument("--duration", type=float, default=180.0,
+                      help="wall-clock seconds the demo runs; the incident is fitted into it (default 180)")
+    demo.add_argument("--speed", type=float, default=1.0,
+                      help="how fast the simulated world runs: probes every 1/SPEED s (default 1, max 20)")
+    demo.add_argument("--listen", default="127.0.0.1:9478",
+                      help="HOST:PORT for the daemon's status page and /metrics (port 0: any free port)")
+    demo.add_argument("--verbose", action="store_true", help="also show the daemon's own log lines")
+    demo.set_defaults(func=cmd_demo)
     return p
 
 
@@ -117,6 +130,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides["location"] = args.location
     if args.db:
         overrides["storage_path"] = args.db
+    if args.shard is not None:
+        from monitor.shard import parse_shard
+
+        try:
+            overrides["shard"] = parse_shard(args.shard)
+        except ValueError as exc:
+            print(f"--shard: {exc}", file=sys.stderr)
+            return 2
     cfg = dataclasses.replace(cfg, **overrides)  # type: ignore[arg-type]
     try:
         asyncio.run(Daemon(cfg, overrides).run())
@@ -124,6 +145,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         logging.getLogger("aipulse").error("cannot start: %s", exc)
         return 1
     return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from monitor.demo import DemoError, run_demo
+
+    try:
+        return asyncio.run(run_demo(args.duration, args.speed, args.listen, verbose=args.verbose))
+    except DemoError as exc:
+        print(f"aipulse demo: {exc}", file=sys.stderr)
+        return exc.status
+    except KeyboardInterrupt:
+        return 130
 
 
 def cmd_once(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ regexes and JSONPaths are compiled here, and every error names file, line and ke
 
 from __future__ import annotations
 
+import functools
 import json as jsonlib
 import os
 import re
@@ -141,7 +142,13 @@ class CheckConfig:
 
     @property
     def host(self) -> str:
-        return urlsplit(self.url or (self.steps[0].url if self.steps else "")).hostname or ""
+        return _hostname(self.url or (self.steps[0].url if self.steps else ""))
+
+
+@functools.lru_cache(maxsize=65536)
+def _hostname(url: str) -> str:
+    """The host of a check's URL (cached: read for every probe and every result)."""
+    return urlsplit(url).hostname or ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +178,7 @@ class Config:
     listen_host: str = "127.0.0.1"
     listen_port: int = 9478
     location: str = "local"
+    shard: tuple[int, int] = (1, 1)  # (I, N) from `--shard I/N`: probe only shard I of N (monitor.shard)
     storage_path: str | None = None  # None: the daemon picks ($STATE_DIRECTORY or ./)
     results_retention: float = 14 * 86400
     max_in_flight: int = 1000

@@ -15,7 +15,7 @@ from typing import Any
 import stamina
 from aiohttp import web
 
-from monitor import server, statuspage, systemd
+from monitor import server, shard, statuspage, systemd
 from monitor.availability import WINDOWS
 from monitor.config import Config, ConfigError, database_path, load_file
 from monitor.live import LiveState
@@ -40,7 +40,7 @@ class Daemon:
     (or SIGHUP) applies the config file again."""
 
     def __init__(self, config: Config, overrides: dict[str, Any] | None = None) -> None:
-        self.config = config
+        self.config = self._select(config)  # only the checks of this instance's shard
         self.overrides = overrides or {}  # from the command line; they win on reload too
         self.db_path = database_path(config.storage_path)
         self.live = LiveState()
@@ -134,7 +134,7 @@ class Daemon:
         """The body of reload(), under its lock."""
         old = self.config
         try:
-            new = dataclasses.replace(load_file(old.path), **self.overrides)
+            new = self._select(dataclasses.replace(load_file(old.path), **self.overrides))
             web_config = load_web_config(new.web_config) if new.web_config else WebConfig()
         except (ConfigError, WebConfigError) as exc:
             self.live.reload_ok = False
@@ -161,6 +161,22 @@ class Daemon:
         self.live.reload_ok = True
         log.info("config reloaded: %d checks in %d services", len(new.checks), len(new.services))
         return None
+
+    @staticmethod
+    def _select(config: Config) -> Config:
+        """The checks this instance probes: with `--shard I/N`, those of shard I. On a
+        reload the same filter applies to the new file, so the pipeline sees a check
+        that left the shard as removed (its open window closes, its series vanish) and
+        one that joined as new (it starts at its own slot); a restart with another
+        shard closes the windows of checks that moved away the same way."""
+        selected = shard.select(config)
+        if config.shard != (1, 1):
+            log.info("shard %s: probing %d of the %d checks in the config", shard.format_shard(config.shard),
+                     len(selected.checks), len(config.checks))
+            if not selected.checks:
+                log.warning("shard %s has none of the %d checks in the config: this instance probes nothing",
+                            shard.format_shard(config.shard), len(config.checks))
+        return selected
 
     def _make_notifier(self, cfg: Config) -> Notifier | None:
         if not cfg.webhooks:
