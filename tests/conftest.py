@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import ssl
 import sys
 from collections.abc import Iterator
@@ -14,6 +15,19 @@ import trustme
 sys.path.insert(0, str(Path(__file__).parent))
 
 from targets import Target, serve
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """A test that runs `aipulse` in-process (cli.main) configures logging; undo it so
+    later tests see pytest's own capture only."""
+    names = ("", "aipulse", "httpx", "httpcore", "aiohttp.access", "stamina")
+    saved = {n: (logging.getLogger(n).level, list(logging.getLogger(n).handlers)) for n in names}
+    yield
+    for n, (level, handlers) in saved.items():
+        logger = logging.getLogger(n)
+        logger.setLevel(level)
+        logger.handlers[:] = handlers
 
 
 @pytest.fixture(scope="session")
