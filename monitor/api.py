@@ -146,6 +146,7 @@ def add_routes(app: web.Application, live: LiveState, db_path: str) -> None:
     app[DB_PATH] = db_path
     app.router.add_get("/api/v1/status", status)
     app.router.add_get("/api/v1/outages", outages)
+    app.router.add_route("*", "/api", not_found)
     app.router.add_route("*", "/api/{rest:.*}", not_found)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json as jsonlib
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -226,8 +227,19 @@ def parse(text: str, name: str = "config.yaml", env: Mapping[str, str] | None = 
         src = load(text, name, env)
     except LocatedError as exc:
         where = f"{format_path(exc.path)}: " if exc.path else ""
-        raise ConfigError([f"{name}:{exc.line}: {where}{exc.message}"]) from None
+        raise ConfigError([one_line(f"{name}:{exc.line}: {where}{exc.message}")]) from None
     return _Validator(src).config()
+
+
+# Characters that would end or garble a line of `check-config` output: C0 controls
+# (tab aside), DEL and what str.splitlines() also breaks at. Keys and values are user text.
+_UNPRINTABLE = re.compile("[\x00-\x08\x0a-\x1f\x7f\x85\u2028\u2029]")
+
+
+def one_line(text: str) -> str:
+    """`text` with line breaks and control characters escaped (\\n, \\x1b, ...), so that
+    every error stays one `file:line: message` line."""
+    return _UNPRINTABLE.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -247,7 +259,7 @@ class _Validator:
     def err(self, path: KeyPath, message: str) -> None:
         where = f"{format_path(path)}: " if path else ""
         message = self.redact(message)  # e.g. an invalid URL with ?key=${API_KEY} in it
-        self.errors.append(f"{self.src.name}:{self.src.line(path)}: {where}{message}")
+        self.errors.append(one_line(f"{self.src.name}:{self.src.line(path)}: {where}{message}"))
 
     def field(self, data: Mapping[str, Any], key: str, path: KeyPath, parse: Callable[[Any], Any],
               default: Any = None) -> Any:
@@ -288,6 +300,8 @@ class _Validator:
         per_host_rate = self.field(limits, "per_host_rate", ("limits",), _positive_number, 20.0)
         services = self.services(data, defaults)
         webhooks = self.webhooks(data)
+        status_page_interval = self.field(data, "status_page_interval", (), _duration, 120.0)
+        web_config = self.field(data, "web_config", (), lambda v: str(Path(self.src.name).parent / _str(v)))
         if not self.errors and not any(s.checks for s in services) and not self.src.missing:
             self.err(("services",), "no checks configured (add at least one service with one check)")
         if self.errors:
@@ -304,9 +318,8 @@ class _Validator:
             per_host_rate=per_host_rate,
             services=tuple(services),
             webhooks=webhooks,
-            status_page_interval=self.field(data, "status_page_interval", (), _duration, 120.0),
-            web_config=self.field(data, "web_config", (), lambda v: str(
-                Path(self.src.name).parent / _str(v))),
+            status_page_interval=status_page_interval,
+            web_config=web_config,
             secrets=frozenset(self.src.secrets).union(*(
                 sensitive_values(r.url, r.headers) for c in (c for s in services for c in s.checks)
                 for r in (c, *c.steps))),
@@ -606,7 +619,7 @@ def _positive_int(value: Any) -> int:
 
 
 def _positive_number(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
         raise ValueError(f"must be a number above 0, got {value!r}")
     return float(value)
 

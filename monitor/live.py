@@ -40,6 +40,14 @@ class Histogram:
         self.sum += value
         self.count += 1
 
+    def cumulative_counts(self) -> list[int]:
+        """Cumulative counts per bucket, +Inf last."""
+        out, running = [], 0
+        for n in self.counts:
+            running += n
+            out.append(running)
+        return out
+
     def cumulative(self) -> list[tuple[str, float]]:
         out, running = [], 0
         for bound, n in zip((*self.bounds, float("inf")), self.counts, strict=True):
@@ -114,11 +122,16 @@ class CheckStats:
                      max_age: float = 10.0) -> dict[str, float | None]:
         """Availability per window; recomputed at most every `max_age` seconds."""
         if now - self._availability_at > max_age:
-            unknown = [*self.unknown_spans, *gaps, *maintenance]
-            self._availability = {
-                name: availability(now, span, self.first_seen, self.down_spans, unknown)
-                for name, span in WINDOWS.items()
-            }
+            if self.down_spans:
+                unknown = [*self.unknown_spans, *gaps, *maintenance]
+                values = {
+                    name: availability(now, span, self.first_seen, self.down_spans, unknown)
+                    for name, span in WINDOWS.items()
+                }
+            else:  # never down: 1.0 wherever anything was observed (most checks, most of the time)
+                values = _never_down(now, self.first_seen, [*self.unknown_spans, *gaps, *maintenance])
+            if values != self._availability:  # same values: same dict (the metrics cache its text)
+                self._availability = values
             self._availability_at = now
             self._prune(now)
         return self._availability
@@ -127,6 +140,20 @@ class CheckStats:
         horizon = now - max(WINDOWS.values())
         self.down_spans = [s for s in self.down_spans if s[1] is None or s[1] > horizon]
         self.unknown_spans = [s for s in self.unknown_spans if s[1] is None or s[1] > horizon]
+
+
+_ALL_UP = dict.fromkeys(WINDOWS, 1.0)
+
+
+def _never_down(now: float, first_seen: float | None, unknown: list[Interval]) -> dict[str, float | None]:
+    """`availability` of every window for a check without down time."""
+    if first_seen is None:
+        return dict.fromkeys(WINDOWS)
+    if not unknown and now - first_seen > 1e-9:
+        return _ALL_UP
+    # 1.0 where some time was observed, else None (as `availability` decides it)
+    return {name: None if availability(now, span, first_seen, (), unknown) is None else 1.0
+            for name, span in WINDOWS.items()}
 
 
 @dataclass

@@ -110,8 +110,14 @@ def exception_chain(exc: BaseException) -> list[BaseException]:
     return seen
 
 
-def reason_for_exception(exc: BaseException) -> Reason:
-    """Map an exception raised while probing to the most specific reason."""
+# ProbeTrace.stage (monitor.probes.transport) while a TLS handshake runs.
+IN_TLS_HANDSHAKE = "in TLS handshake"
+
+
+def reason_for_exception(exc: BaseException, stage: str = "") -> Reason:
+    """Map an exception raised while probing to the most specific reason. `stage` is
+    where the probe was (ProbeTrace.stage): a peer that resets or hangs up during the
+    TLS handshake (a TLS 1.0-only server does either) failed TLS, not TCP connect."""
     chain = exception_chain(exc)
     for e in chain:
         if isinstance(e, DNSError):
@@ -124,7 +130,7 @@ def reason_for_exception(exc: BaseException) -> Reason:
     if isinstance(first, BodyTooLarge):
         return Reason.BODY_TOO_LARGE
     if isinstance(first, httpx.ConnectError):
-        return Reason.CONNECT
+        return Reason.TLS if stage == IN_TLS_HANDSHAKE else Reason.CONNECT
     if isinstance(first, (httpx.TooManyRedirects, httpx.UnsupportedProtocol)):
         return Reason.PROTOCOL
     if isinstance(first, (httpx.RemoteProtocolError, httpx.ReadError, httpx.DecodingError)):

@@ -12,10 +12,12 @@ With a web config (monitor.webconfig), every path needs basic auth and TLS is se
 
 from __future__ import annotations
 
+import logging
 import ssl
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client.registry import CollectorRegistry
 
 from monitor import api, page
@@ -26,6 +28,17 @@ from monitor.webconfig import WebConfig
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 RELOAD = web.AppKey("reload", Callable[[], Awaitable[str | None]])
 WEB = web.AppKey("web", WebConfig)
+KEEPALIVE_TIMEOUT = 75.0  # seconds; see start()
+
+
+def _not_a_client_error(record: logging.LogRecord) -> bool:
+    """aiohttp logs every request it cannot parse (a header over 8 KiB, garbage) as an
+    ERROR with a traceback, so any client could fill the journal. The client got its
+    400; that is not our error. Errors in our own handlers are still logged."""
+    return not (record.exc_info and isinstance(record.exc_info[1], HttpProcessingError))
+
+
+logging.getLogger("aiohttp.server").addFilter(_not_a_client_error)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -44,6 +57,13 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def reload(request: web.Request) -> web.Response:
+    if request.can_read_body:
+        # No body is expected; read what came (up to client_max_size) so that a huge
+        # one is refused with 413 before anything is reloaded.
+        try:
+            await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return web.json_response({"error": "request body too large"}, status=413)
     error = await request.app[RELOAD]()
     if error is not None:
         return web.json_response({"error": error}, status=500)
@@ -77,7 +97,11 @@ def make_app(live: LiveState, registry: CollectorRegistry, db_path: str,
 async def start(app: web.Application, host: str, port: int,
                 ssl_context: ssl.SSLContext | None = None) -> web.AppRunner:
     """Start serving; returns the runner (call `cleanup()` to stop)."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+    # keepalive_timeout also bounds how long a connection may take to send its first
+    # request (aiohttp starts the timer on connect): a slowloris holds a socket for at
+    # most this long, not aiohttp's default hour. 75 s outlives a 60 s scrape interval.
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0,
+                           keepalive_timeout=KEEPALIVE_TIMEOUT)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=ssl_context)
     await site.start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
@@ -25,6 +26,8 @@ def parse_duration(text: str) -> float:
         pos = m.end()
     if pos == 0 or pos != len(text):
         raise ValueError(f'invalid duration "{text}" (use e.g. 500ms, 30s, 5m, 1h, 7d)')
+    if not math.isfinite(total):  # 400 digits of days
+        raise ValueError(f'invalid duration "{text}" (too long)')
     return total
 
 
@@ -37,7 +40,10 @@ def parse_size(text: str | int) -> int:
     m = _SIZE.fullmatch(str(text).strip())
     if not m:
         raise ValueError(f'invalid size "{text}" (use e.g. 512KiB, 1MiB, 10MB)')
-    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
+    size = float(m.group(1)) * _SIZE_UNITS[m.group(2)]
+    if not math.isfinite(size):  # 400 digits of MiB
+        raise ValueError(f'invalid size "{text}" (too large)')
+    return int(size)
 
 
 def format_duration(seconds: float) -> str:

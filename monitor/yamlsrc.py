@@ -24,6 +24,11 @@ except ImportError:  # pragma: no cover
 
 KeyPath = tuple[str | int, ...]
 
+# Keys and list items one document may build. Aliases are expanded where they are
+# used, so ten nested lists of ten aliases ("billion laughs") would build 10**9 of
+# them; a 10,000-check config builds about 100,000.
+MAX_NODES = 1_000_000
+
 _VAR = re.compile(r"\$\$|\$\{([^}]*)\}")
 _VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _CRED_NAME = re.compile(r"[A-Za-z0-9_.@-]+")
@@ -115,6 +120,9 @@ def _build(
 ) -> Any:
     if any(node is p for p in parents):  # `a: &x [*x]`: an alias inside its own anchor
         raise LocatedError(path, "recursive YAML alias", node.start_mark.line + 1)
+    if len(src.lines) > MAX_NODES:
+        raise LocatedError(path, f"document too large (more than {MAX_NODES} keys and items; "
+                           "aliases expanding?)", node.start_mark.line + 1)
     parents = (*parents, node)
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
@@ -122,7 +130,7 @@ def _build(
             line = key_node.start_mark.line + 1
             if key_node.tag == _MERGE_TAG:  # SafeConstructor cannot even build this key
                 raise LocatedError((*path, "<<"), "YAML merge keys (<<) are not supported", line)
-            key = ctor.construct_object(key_node, deep=True)
+            key = _construct(ctor, key_node, path)
             kpath = (*path, str(key))
             if not isinstance(key, str):
                 raise LocatedError(kpath, f"keys must be strings, got {key!r}", line)
@@ -139,7 +147,7 @@ def _build(
             src.lines[(*path, i)] = item.start_mark.line + 1
             items.append(_build(item, (*path, i), src, env, ctor, parents))
         return items
-    value = ctor.construct_object(node, deep=True)
+    value = _construct(ctor, node, path)
     if isinstance(value, str) and "$" in value:
         in_check = len(path) >= 4 and path[0] == "services" and path[2] == "checks"
         needs: list[str] | None = [] if in_check else None
@@ -147,6 +155,16 @@ def _build(
         if needs:
             src.missing.setdefault((str(path[1]), str(path[3])), needs[0])
     return value
+
+
+def _construct(ctor: yaml.constructor.SafeConstructor, node: yaml.Node, path: KeyPath) -> Any:
+    """A scalar's value. The YAML constructors raise ValueError on values that look
+    like a type but are not one (`2026-13-45`, an integer of 5,000 digits)."""
+    try:
+        return ctor.construct_object(node, deep=True)
+    except (ValueError, OverflowError) as exc:
+        line = node.start_mark.line + 1
+        raise LocatedError(path, f"invalid value {node.value!r:.60}: {exc}", line) from None
 
 
 def expand(

@@ -105,7 +105,7 @@ async def read_body(response: httpx.Response, limit: int, trace: ProbeTrace) -> 
 async def fetch_refused_cert(exc: Exception, trace: ProbeTrace) -> None:
     """After a TLS failure, still learn the expiry of the certificate we refused (of
     the host we were talking to, which after a redirect may not be the check's)."""
-    if reason_for_exception(exc) is Reason.TLS and trace.address is not None:
+    if reason_for_exception(exc, trace.stage) is Reason.TLS and trace.address is not None:
         with contextlib.suppress(OSError, ValueError):
             trace.cert_expiry = await fetch_cert_expiry(trace.server_name, trace.address)
 
@@ -117,7 +117,7 @@ def is_slow(reason: Reason, duration: float, check: CheckConfig) -> bool:
 
 def failure(exc: BaseException, check: CheckConfig, trace: ProbeTrace) -> tuple[Reason, str]:
     """(reason, detail) for an exception raised while probing."""
-    reason = reason_for_exception(exc)
+    reason = reason_for_exception(exc, trace.stage)
     if reason is Reason.TIMEOUT:
         return reason, f"timed out after {check.timeout:g}s {trace.stage}"
     if reason is Reason.BODY_TOO_LARGE:
@@ -126,5 +126,8 @@ def failure(exc: BaseException, check: CheckConfig, trace: ProbeTrace) -> tuple[
         errno_exc = next((e for e in exception_chain(exc) if isinstance(e, OSError) and e.errno), None)
         why = os.strerror(errno_exc.errno) if errno_exc and errno_exc.errno else "connection failed"
         return reason, f"{why} ({trace.address[0]} port {trace.address[1]})"
-    text = str(exc) or type(exc).__name__
+    # httpx wraps the cause in a bare ReadError/ConnectError: say what really happened
+    # ("[Errno 104] Connection reset by peer", "[SSL: ...] ..."), not the wrapper's name.
+    chain = exception_chain(exc)
+    text = next((str(e) for e in chain if str(e)), f"{type(chain[-1]).__name__} {trace.stage}")
     return reason, text.splitlines()[0][:300]

@@ -1,0 +1,222 @@
+"""Hostile targets: every behaviour ends in its exact reason, within the probe's
+deadline (+0.5 s), with bounded memory; and the daemon keeps answering /metrics
+promptly, in bounded memory, while 500 hostile probes run.
+
+The reasons come from the fixed vocabulary (DESIGN.md, monitor/reasons.py):
+a deadline that passes is `timeout` whatever the server was doing; a reply that is
+not HTTP, or a connection that dies before the reply is whole, is `protocol`; a
+handshake or certificate that fails is `tls`; a body past `max_body_bytes` (after
+decompression) is `body_too_large`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+import statistics
+import subprocess
+import time
+import tracemalloc
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+from helpers import make_check, start_daemon, wait_for
+from hostile import Hostile, serve_hostile, spawn_standalone, tls_contexts
+from targets import Target
+
+from monitor.probes import Prober
+from monitor.reasons import Reason
+
+TIMEOUT = 1.5  # the probe deadline in these tests
+SLACK = 0.5  # the issue's bound: deadline + 0.5 s
+MAX_TRACED = 8 << 20  # bytes: a probe may hold its 1 MiB body cap and little else
+
+
+@pytest.fixture(scope="module")
+def hostile(ca: trustme.CA) -> Iterator[Hostile]:
+    with serve_hostile(tls_contexts(ca, ("self_signed", "tls10", "close_after_handshake"))) as h:
+        yield h
+
+
+# (case, server, path or TLS flavour, reason, words the detail must contain)
+# server: "hostile" (tests/hostile.py), "hostile_tls" (its TLS listeners), or the
+# tests/targets.py fixtures that already serve the behaviour.
+CASES = [
+    ("never_answers", "hostile", "/never", Reason.TIMEOUT, "waiting for response headers"),
+    ("drips_headers", "hostile", "/drip-headers", Reason.TIMEOUT, "waiting for response headers"),
+    ("drips_body", "target", "/drip?every=1", Reason.TIMEOUT, "reading body"),
+    ("resets_mid_body", "hostile", "/reset-mid-body", Reason.PROTOCOL, "reset"),
+    ("endless_body", "target", "/endless", Reason.BODY_TOO_LARGE, "body larger than 1048576 bytes"),
+    ("gzip_bomb", "target", "/gzip-bomb", Reason.BODY_TOO_LARGE, "body larger than 1048576 bytes"),
+    ("1mb_header_line", "hostile", "/huge-header", Reason.PROTOCOL, "Receive buffer too long"),
+    ("50000_headers", "hostile", "/many-headers?n=50000", Reason.PROTOCOL, "Receive buffer too long"),
+    # A head under the client's size limit is judged on its merits, however many lines.
+    ("2000_headers_under_the_limit", "hostile", "/many-headers?n=2000", Reason.OK, ""),
+    ("garbage_status_line", "hostile", "/garbage-status", Reason.PROTOCOL, "illegal status line"),
+    ("http09_reply", "hostile", "/http09", Reason.PROTOCOL, "without sending a response"),
+    ("redirect_loop", "target", "/loop", Reason.PROTOCOL, "more than 10 redirects"),
+    ("redirect_to_ftp", "target", "/redirect-ftp", Reason.PROTOCOL, "unsupported protocol 'ftp://'"),
+    ("redirect_to_file", "target", "/redirect-file", Reason.PROTOCOL, "unsupported protocol 'file://'"),
+    ("tls_expired", "expired_target", "/ok", Reason.TLS, "certificate has expired"),
+    ("tls_self_signed", "hostile_tls", "self_signed", Reason.TLS, "self-signed certificate"),
+    ("tls_wrong_host", "wrong_host_target", "/ok", Reason.TLS, "Hostname mismatch"),
+    # OpenSSL's server either alerts or resets; both fail the handshake.
+    ("tls_1_0_only", "hostile_tls", "tls10", Reason.TLS, ""),
+    ("reset_in_tls_handshake", "hostile_tls", "reset_in_handshake", Reason.TLS, "Connection reset by peer"),
+    ("close_after_tls_handshake", "hostile_tls", "close_after_handshake", Reason.PROTOCOL, ""),
+]
+
+
+def url_for(request: pytest.FixtureRequest, server: str, where: str) -> str:
+    if server == "hostile":
+        return request.getfixturevalue("hostile").url(where)
+    if server == "hostile_tls":
+        return request.getfixturevalue("hostile").tls_url(where)
+    target: Target = request.getfixturevalue(server)
+    return target.url(where, tls=server != "target")
+
+
+@pytest.mark.parametrize(("server", "where", "reason", "detail"),
+                         [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+async def test_hostile_behaviour_ends_in_its_reason_within_the_deadline(
+        request: pytest.FixtureRequest, client_ssl: ssl.SSLContext,
+        server: str, where: str, reason: Reason, detail: str) -> None:
+    url = url_for(request, server, where)
+    check = make_check(url, timeout=f"{TIMEOUT}s", max_body_bytes="1MiB")
+    prober = Prober(ssl_context=client_ssl)  # trusts the test CA: only the flaw under test fails
+    tracemalloc.start()
+    try:
+        t0 = time.monotonic()
+        result = await prober.run(check)
+        elapsed = time.monotonic() - t0
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        await prober.aclose()
+    assert result.reason is reason, result.detail
+    assert detail in result.detail, result.detail
+    assert not result.internal
+    assert (result.detail == "") is (reason is Reason.OK)
+    assert elapsed <= TIMEOUT + SLACK, elapsed
+    if reason is Reason.TIMEOUT:
+        assert elapsed >= TIMEOUT  # it was the deadline, not something else
+        assert result.detail.startswith(f"timed out after {TIMEOUT:g}s ")
+    assert peak < MAX_TRACED, f"peak traced memory {peak} bytes"
+
+
+# ---------------------------------------------------------------------------- load
+
+# Behaviours for the load test, weighted: those that hold a probe until its deadline
+# (the expensive kind for a monitor) make half of the checks.
+LOAD_MIX = [
+    ("never", "hostile", "/never", 4),
+    ("drip_headers", "hostile", "/drip-headers", 3),
+    ("drip_body", "target", "/drip?every=1", 3),
+    ("reset", "hostile", "/reset-mid-body", 1),
+    ("endless", "target", "/endless", 1),
+    ("gzip_bomb", "target", "/gzip-bomb", 1),
+    ("huge_header", "hostile", "/huge-header", 1),
+    ("many_headers", "hostile", "/many-headers?n=50000", 1),
+    ("garbage", "hostile", "/garbage-status", 1),
+    ("http09", "hostile", "/http09", 1),
+    ("loop", "target", "/loop", 1),
+    ("ftp", "target", "/redirect-ftp", 1),
+    ("expired", "tls", "expired", 1),
+    ("self_signed", "tls", "self_signed", 1),
+    ("tls10", "tls", "tls10", 1),
+    ("close_after_handshake", "tls", "close_after_handshake", 1),
+]
+N_CHECKS = 500
+SCRAPES = 100
+SCRAPE_BOUND = 0.200  # seconds, each one
+RSS_BOUND_KIB = 250 * 1024
+
+
+def load_config(ports: dict[str, Any]) -> dict[str, Any]:
+    weights = [w for *_, w in LOAD_MIX]
+    slots = [i for i, w in enumerate(weights) for _ in range(w)]
+    services: dict[str, Any] = {}
+    for n in range(N_CHECKS):
+        name, server, where, _ = LOAD_MIX[slots[n % len(slots)]]
+        if server == "tls":
+            url = f"https://localhost:{ports['tls'][where]}/ok"
+        else:
+            url = f"http://127.0.0.1:{ports['hostile' if server == 'hostile' else 'target']}{where}"
+        services.setdefault(name.replace("_", "-"), {"checks": {}})["checks"][f"c{n}"] = {"url": url}
+    return {
+        "limits": {"max_in_flight": 1000, "per_host_rate": 10_000},
+        "defaults": {"interval": "2s", "timeout": "1500ms", "max_body_bytes": "256KiB"},
+        "services": services,
+    }
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+@contextlib.contextmanager
+def standalone_hostile() -> Iterator[dict[str, Any]]:
+    """The hostile server in a process of its own: it must not compete with this
+    process (which measures the scrapes) for the GIL."""
+    proc, ports = spawn_standalone()
+    try:
+        yield ports
+    finally:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.close()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+
+
+def test_metrics_stay_prompt_and_memory_bounded_while_500_hostile_probes_run(tmp_path: Path) -> None:
+    with standalone_hostile() as ports, start_daemon(load_config(ports), tmp_path) as daemon:
+        # Let every check start (they are spread over the first interval) and fail a few times.
+        wait_for(lambda: (daemon.value("aipulse_scheduler_lag_seconds_count") or 0) >= 3 * N_CHECKS,
+                 timeout=30, every=0.5)
+        probes_before = sum(v for (name, _), v in daemon.samples().items() if name == "aipulse_probes_total")
+        times, rss = [], []
+        with daemon_client(daemon) as client:
+            for _ in range(SCRAPES):
+                t0 = time.perf_counter()
+                response = client.get(daemon.url("/metrics"))
+                times.append(time.perf_counter() - t0)
+                assert response.status_code == 200
+                rss.append(rss_kib(daemon.proc.pid))
+                time.sleep(0.02)
+            text = response.text
+        samples = daemon.samples()
+        probes: Counter[str] = Counter()
+        for (name, labels), v in samples.items():
+            if name == "aipulse_probes_total" and v:
+                probes[dict(labels)["reason"]] += int(v)
+        log = daemon.log.read_text()
+    ran = sum(probes.values()) - probes_before
+    summary = (f"scrapes: median {statistics.median(times) * 1000:.1f} ms, max {max(times) * 1000:.1f} ms; "
+               f"RSS max {max(rss) / 1024:.1f} MiB; {ran:.0f} probes during the scrapes; {dict(probes)}")
+    print(summary)
+    assert max(times) < SCRAPE_BOUND, summary
+    assert max(rss) < RSS_BOUND_KIB, summary
+    assert ran >= N_CHECKS, summary  # probing went on meanwhile
+    assert "aipulse_probe_success" in text
+    # Only the reasons these behaviours produce; nothing failed inside aipulse.
+    assert set(probes) <= {"timeout", "protocol", "tls", "body_too_large"}, summary
+    assert "Traceback" not in log and "inside aipulse" not in log, log[-3000:]
+
+
+@contextlib.contextmanager
+def daemon_client(daemon: Any) -> Iterator[Any]:
+    import httpx
+
+    with httpx.Client(timeout=5) as client:
+        yield client

@@ -1,0 +1,86 @@
+"""The fast exposition path of monitor.metrics.render writes exactly what
+prometheus_client's encoders write for the same collector, in both formats, and
+follows every change of the live state (its per-check text cache never goes stale)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from helpers import make_config
+from prometheus_client.registry import CollectorRegistry
+
+from monitor.live import LiveState
+from monitor.metrics import AipulseCollector, make_registry, render
+from monitor.outage import OutageWindow, State
+from monitor.reasons import Reason
+from monitor.result import ProbeResult
+
+ACCEPTS = [None, "application/openmetrics-text; version=1.0.0",
+           "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
+           "text/plain;version=0.0.4;q=0.5,*/*;q=0.1"]
+
+
+def _reference(live: LiveState, location: str, accept: str | None) -> tuple[bytes, str]:
+    registry = CollectorRegistry(auto_describe=False)  # not ours: the general path
+    registry.register(AipulseCollector(live, location))
+    return render(registry, accept)
+
+
+def _live() -> LiveState:
+    cfg = make_config({
+        "web": {"url": "http://127.0.0.1:1/"},
+        "api": {"url": "http://127.0.0.1:1/api"},
+        "idle": {"url": "http://127.0.0.1:1/idle"},
+    })
+    live = LiveState()
+    live.set_services(cfg.services)
+    return live
+
+
+def _result(check: str, t: float, reason: Reason = Reason.OK, **kw: object) -> ProbeResult:
+    return ProbeResult(service="svc", check=check, started=t, duration=0.0123, reason=reason,
+                       status_code=200 if reason is Reason.OK else 503,
+                       phases={"resolve": 0.0, "connect": 0.001, "tls": 0.002, "processing": 0.003,
+                               "transfer": 1e-7}, **kw)  # type: ignore[arg-type]
+
+
+def _drop_idle(live: LiveState) -> None:
+    """A reload that removes a check."""
+    service = live.services["svc"].service
+    live.set_services((dataclasses.replace(service, checks=service.checks[:2]),))
+
+
+@pytest.mark.parametrize("accept", ACCEPTS)
+def test_fast_exposition_matches_prometheus_client(accept: str | None) -> None:
+    live = _live()
+    registry = make_registry(live, "here")
+    # empty, then after every kind of change: results, states, windows, ttft, steps, cert
+    steps = [
+        lambda: None,
+        lambda: live.record(_result("web", 1_700_000_000.0, cert_expiry=1_800_000_000.0)),
+        lambda: live.record(_result("api", 1_700_000_001.0, Reason.OVERLOADED, steps={"login": 0.5})),
+        lambda: live.record(_result("web", 1_700_000_030.0, ttft=0.7)),
+        lambda: live.checks[("svc", "api")].set_state(State.DOWN, 1_700_000_002.0),
+        lambda: live.checks[("svc", "api")].window_opened(
+            OutageWindow("svc", "api", "down", 1_700_000_001.0, reason="overloaded", severity="x")),
+        lambda: live.checks[("svc", "api")].window_closed(
+            OutageWindow("svc", "api", "down", 1_700_000_001.0, 1_700_000_100.0, "overloaded", "x")),
+        lambda: live.record(_result("api", 1_700_000_200.0)),
+        lambda: setattr(live.checks[("svc", "api")], "_availability_at", float("-inf")),
+        lambda: setattr(live.services["svc"], "status", "major_outage"),
+        lambda: _drop_idle(live),
+    ]
+    for step in steps:
+        step()
+        fast = render(registry, accept)
+        assert fast == _reference(live, "here", accept)
+        assert render(registry, accept) == fast  # from the cache: still the same
+
+
+def test_other_collectors_take_the_general_path() -> None:
+    live = _live()
+    registry = make_registry(live, "here")
+    registry.register(AipulseCollector(_live(), "there"))
+    body, _ = render(registry, None)
+    assert b'location="there"' in body and b'location="here"' in body
