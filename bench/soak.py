@@ -3,8 +3,9 @@
 Not run by CI. Starts tests/hostile.py (the hostile server and tests/targets.py's
 server, in a process of their own) and `aipulse run` with a generated config, then
 samples the daemon from /proc every --sample seconds: RSS (VmRSS), open file
-descriptors (/proc/<pid>/fd), OS threads, and the time one /metrics scrape takes.
-asyncio task counts are not sampled: aipulse exposes none, and this adds nothing.
+descriptors (/proc/<pid>/fd), OS threads, live asyncio tasks (written by
+bench/counting_tasks.py, the launcher the daemon runs under here) and the time one
+/metrics scrape takes.
 
 Checks: 100 hostile (spread over every hostile behaviour, TLS included), 60 that
 flap (HTTP 500 during every other --flap-period seconds: real outage windows opening
@@ -60,13 +61,18 @@ HOSTILE = [
     ("gzip_bomb", lambda p: f"http://127.0.0.1:{p['target']}/gzip-bomb"),
     ("huge_header", lambda p: f"http://127.0.0.1:{p['hostile']}/huge-header"),
     ("many_headers", lambda p: f"http://127.0.0.1:{p['hostile']}/many-headers?n=50000"),
+    ("endless_continue", lambda p: f"http://127.0.0.1:{p['hostile']}/endless-continue"),
+    ("endless_trailers", lambda p: f"http://127.0.0.1:{p['hostile']}/endless-trailers"),
+    ("chunked_bomb", lambda p: f"http://127.0.0.1:{p['hostile']}/chunked-bomb"),
     ("garbage_status", lambda p: f"http://127.0.0.1:{p['hostile']}/garbage-status"),
     ("http09", lambda p: f"http://127.0.0.1:{p['hostile']}/http09"),
     ("redirect_loop", lambda p: f"http://127.0.0.1:{p['target']}/loop"),
     ("redirect_ftp", lambda p: f"http://127.0.0.1:{p['target']}/redirect-ftp"),
     ("redirect_file", lambda p: f"http://127.0.0.1:{p['target']}/redirect-file"),
-    *[(f"tls_{f}", lambda p, f=f: f"https://localhost:{p['tls'][f]}/ok")
-      for f in ("expired", "self_signed", "wrong_host", "tls10", "close_after_handshake")],
+    *[(f"tls_{f}", lambda p, f=f: f"https://localhost:{p['tls'][f]}/ok") for f in (
+        "expired", "self_signed", "wrong_host", "tls10", "close_after_handshake", "reset_in_handshake")],
+    ("tls_huge_header", lambda p: f"https://localhost:{p['tls']['valid']}/huge-header"),
+    ("tls_never", lambda p: f"https://localhost:{p['tls']['valid']}/never"),
 ]
 
 
@@ -100,6 +106,15 @@ def proc_status(pid: int) -> dict[str, int]:
             out[key] = int(value.split()[0])
     out["fds"] = len(os.listdir(f"/proc/{pid}/fd"))
     return out
+
+
+def read_tasks(path: Path) -> int:
+    """The daemon's live asyncio tasks, as last written by bench/counting_tasks.py
+    (-1 before the first write)."""
+    try:
+        return int(path.read_text())
+    except (OSError, ValueError):
+        return -1
 
 
 def scrape(client: httpx.Client, url: str) -> tuple[float, dict[str, float]]:
@@ -149,7 +164,8 @@ def main() -> int:
     db = work / "soak.db"
     log_path = work / "daemon.log"
     daemon = subprocess.Popen(
-        [sys.executable, "-m", "monitor.cli", "--log-format", "json", "run", "-c", str(work / "config.yaml"),
+        [sys.executable, str(ROOT / "bench" / "counting_tasks.py"), str(work / "tasks"),
+         "--log-format", "json", "run", "-c", str(work / "config.yaml"),
          "--db", str(db)],
         cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={k: v for k, v in os.environ.items() if k != "STATE_DIRECTORY"} | {"PYTHONPATH": str(ROOT)})
@@ -191,11 +207,12 @@ def main() -> int:
             if time.monotonic() >= next_sample:
                 next_sample += args.sample
                 took, totals = scrape(client, base + "/metrics")
-                s = {"t": round(elapsed, 1), **proc_status(daemon.pid), "scrape_ms": round(took * 1000, 1),
+                s = {"t": round(elapsed, 1), **proc_status(daemon.pid), "tasks": read_tasks(work / "tasks"),
+                     "scrape_ms": round(took * 1000, 1),
                      **totals, "load": os.getloadavg()[0]}
                 samples.append(s)
                 print(f"[{elapsed:6.0f}s] rss {s['VmRSS'] / 1024:6.1f} MiB  fds {s['fds']:4d}  threads "
-                      f"{s['Threads']:2d}  /metrics {s['scrape_ms']:6.1f} ms  "
+                      f"{s['Threads']:2d}  tasks {s['tasks']:5d}  /metrics {s['scrape_ms']:6.1f} ms  "
                       f"probes {s.get('probes', 0):8.0f}"
                       f"  storage errors {s.get('storage_errors', 0):4.0f}  load {s['load']:.2f}", flush=True)
             if daemon.poll() is not None:
@@ -303,6 +320,10 @@ def summarize(samples: list[dict[str, Any]], final: dict[str, float], args: argp
                 "max": max(s["fds"] for s in samples)},
         "threads": {"baseline": base["Threads"], "end": last["Threads"],
                     "max": max(s["Threads"] for s in samples)},
+        "tasks": {"baseline": base["tasks"], "end": last["tasks"],
+                  "max": max(s["tasks"] for s in samples),
+                  "second_half_min_max": [min(s["tasks"] for s in half if s["tasks"] >= 0),
+                                          max(s["tasks"] for s in half)]},
         "scrape_ms": {"median": sorted(s["scrape_ms"] for s in samples)[len(samples) // 2],
                       "max": max(s["scrape_ms"] for s in samples)},
         "load_avg": {"min": min(s["load"] for s in samples), "max": max(s["load"] for s in samples)},

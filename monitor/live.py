@@ -187,6 +187,9 @@ class LiveState:
         self.storage_errors = 0
         self.reload_ok = True
         self.ready = False
+        # Checks with a new result since the metrics last rendered them (monitor.metrics
+        # renders these in the background, so a scrape finds them ready).
+        self.changed: set[tuple[str, str]] = set()
 
     def set_services(self, services: tuple[ServiceConfig, ...]) -> None:
         """Adopt a config's services and checks; known ones keep their state, removed
@@ -206,6 +209,7 @@ class LiveState:
         stats = self.checks.get((result.service, result.check))
         if stats is not None:  # a result for a check removed by a reload is dropped
             stats.record(result)
+            self.changed.add(stats.check.key)
         return stats
 
     def gap_spans(self) -> list[Interval]:

@@ -13,6 +13,7 @@ prometheus_client.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterable, Iterator
 
@@ -222,6 +223,8 @@ class AipulseCollector(Collector):
 # same in both formats (labels sorted by name, values via floatToGoString); only the
 # HELP/TYPE header lines differ, and those are taken from prometheus_client itself.
 
+WARM_EVERY = 1.0  # seconds between background renders of checks with new results
+WARM_SLICE = 200  # checks rendered between two yields to the event loop
 _PROBE_FAMILIES = 8  # success, duration, phase, probes, status, cert, steps, ttft
 _OUTAGE_FAMILIES = 6  # state, active, opened, last_start, last_duration, ratio
 Encoder = Callable[[Collector], bytes]
@@ -358,6 +361,7 @@ class _Exposition:
         self.texts: dict[tuple[str, str], _CheckText] = {}
         self._headers: dict[tuple[Encoder, bool], list[bytes]] = {}
         self.statuses: dict[str, tuple[str, bytes]] = {}
+        self._warmer: asyncio.Task[None] | None = None
 
     def headers(self, encoder: Encoder, openmetrics: bool) -> list[bytes]:
         """HELP/TYPE lines of each per-check family, as prometheus_client writes them."""
@@ -371,23 +375,56 @@ class _Exposition:
             self._headers[key] = out
         return self._headers[key]
 
+    def _probe_text(self, key: tuple[str, str], stats: CheckStats) -> _CheckText:
+        """The check's text, its per-probe families brought up to date."""
+        text = self.texts.get(key)
+        if text is None:
+            text = self.texts[key] = _CheckText(key[0], key[1], self.collector.location)
+        probe_key = stats.last
+        if probe_key is None:
+            probe_key = (stats.durations.count, len(stats.reasons), stats.ttfts)
+        if text.probe_key is not probe_key and text.probe_key != probe_key:
+            text.render_probe(stats)
+            text.probe_key = probe_key
+        return text
+
+    async def _warm(self) -> None:
+        """Render checks with new results as they come, a slice at a time between
+        probes, so a scrape mostly joins text that is ready (at 10,000 checks it
+        would otherwise render ~5,000 checks at once, blocking probes meanwhile)."""
+        live = self.collector.live
+        while True:
+            await asyncio.sleep(WARM_EVERY)
+            if self._warmer is not asyncio.current_task():
+                return  # replaced (another event loop)
+            changed = live.changed
+            while changed:
+                for _ in range(min(WARM_SLICE, len(changed))):
+                    key = changed.pop()
+                    stats = live.checks.get(key)
+                    if stats is not None:
+                        self._probe_text(key, stats)
+                await asyncio.sleep(0)
+
+    def _start_warmer(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # rendered outside an event loop: nothing to warm up
+            return
+        if self._warmer is None or self._warmer.done() or self._warmer.get_loop() is not loop:
+            self._warmer = loop.create_task(self._warm(), name="metrics text")
+
     def __call__(self, encoder: Encoder, openmetrics: bool) -> bytes:
         collector = self.collector
         live, loc = collector.live, collector.location
+        self._start_warmer()
         now = time.time()
         gaps, maintenance = collector._unknown_spans(now)
         texts = self.texts
         order: list[_CheckText] = []
+        live.changed.clear()  # all rendered below
         for key, stats in live.checks.items():
-            text = texts.get(key)
-            if text is None:
-                text = texts[key] = _CheckText(key[0], key[1], loc)
-            probe_key = stats.last
-            if probe_key is None:
-                probe_key = (stats.durations.count, len(stats.reasons), stats.ttfts)
-            if text.probe_key is not probe_key and text.probe_key != probe_key:
-                text.render_probe(stats)
-                text.probe_key = probe_key
+            text = self._probe_text(key, stats)
             outage_key = (stats.state, stats.window, stats.outages_opened, stats.last_down,
                           stats.last_closed_down)
             if outage_key != text.outage_key:

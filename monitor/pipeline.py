@@ -5,9 +5,10 @@
            -> Notifier (webhooks) and one log line per change
 
 `handle` only queues a result; one consumer task takes results in order, decides
-their events (`process`, synchronous: no I/O), awaits the durable write and only
-then publishes. So nothing is shown or announced that a crash could lose, events
-are published in the order they were decided, and a slow disk never delays probing.
+their events (`process`, synchronous: no I/O), awaits the durable write (one
+transaction for all results queued meanwhile) and only then publishes. So nothing
+is shown or announced that a crash could lose, events are published in the order
+they were decided, and a slow disk never delays probing.
 
 A dns/connect failure is held back until every other host has reported after it:
 only then is it known whether the service failed or the monitor itself is offline.
@@ -60,6 +61,7 @@ class Publisher(Protocol):
 
 
 MAX_HOLD = 300.0  # seconds a dns/connect failure may wait for the offline decision
+MAX_BATCH = 1000  # queued results whose events are committed together
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,19 +244,33 @@ class Pipeline:
         await self._queue.join()
 
     async def _consume(self) -> None:
+        # Results queued meanwhile are taken together and their events committed in one
+        # transaction: when the disk is slow (or failing: each write may wait
+        # `Store.write_timeout`), the consumer catches up by the batch instead of
+        # falling behind by one commit per result while the queue grows without bound.
         while True:
-            result = await self._queue.get()
+            batch = [await self._queue.get()]
+            while len(batch) < MAX_BATCH and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            events: list[Event] = []
             try:
-                if result is None:
-                    return
-                events = self.process(result)
+                for result in batch:
+                    if result is None:
+                        break
+                    try:
+                        events += self.process(result)
+                    except Exception:
+                        log.exception("processing a result of %s/%s failed", result.service,
+                                      result.check)
                 if events:
                     await self.commit(events)
             except Exception:
-                log.exception("processing a result of %s/%s failed", result and result.service,
-                              result and result.check)
+                log.exception("committing the events of %d results failed", len(batch))
             finally:
-                self._queue.task_done()
+                for _ in batch:
+                    self._queue.task_done()
+            if batch[-1] is None:
+                return
 
     async def commit(self, events: Sequence[Event]) -> None:
         """Store durably, then publish. A storage failure is logged; the events are

@@ -105,12 +105,20 @@ class Scheduler:
         self._epoch = asyncio.get_running_loop().time()
 
     def set_checks(self, checks: list[CheckConfig]) -> None:
-        """Start new checks, stop removed ones, restart changed ones; others run on."""
+        """Start new checks, stop removed ones; others run on. A changed check keeps
+        its task (and schedule) and probes with its new config from its next tick on,
+        unless its interval changed: then it restarts on its new schedule. (Restarting
+        all 10,000 tasks of a changed config blocked the event loop for ~0.4 s.)"""
         wanted = {c.key: c for c in checks}
         for key, (old, task) in list(self._tasks.items()):
-            if wanted.get(key) != old:
-                task.cancel()
-                del self._tasks[key]
+            new = wanted.get(key)
+            if new == old:
+                continue
+            if new is not None and new.interval == old.interval:
+                self._tasks[key] = (new, task)  # _loop reads it before each probe
+                continue
+            task.cancel()
+            del self._tasks[key]
         for key, check in wanted.items():
             if key not in self._tasks:
                 task = asyncio.create_task(self._loop(check), name=f"check {key[0]}/{key[1]}")
@@ -143,11 +151,15 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         anchor = self._epoch + spread_offset(check.service, check.id, check.interval)
         tick = first_tick(anchor, check.interval, loop.time())
+        key, task = check.key, asyncio.current_task()
         while True:
             due = anchor + tick * check.interval
             delay = due - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
+            entry = self._tasks.get(key)
+            if entry is not None and entry[1] is task:
+                check = entry[0]  # as changed by a reload meanwhile
             result = await self._guarded(check, due)
             try:
                 await self._on_result(result)

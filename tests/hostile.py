@@ -11,12 +11,17 @@ listener picks a behaviour by the request path; each TLS flavour has its own lis
     /many-headers     thousands of headers (?n=count, default 10000)
     /garbage-status   a status line that is not HTTP
     /http09           an HTTP/0.9-style reply: a body without a status line
+    /endless-continue 100 Continue, forever
+    /endless-trailers a chunked body that ends, then trailer lines forever
+    /chunked-bomb     a chunk of 2**64 - 1 bytes, then zeros
+    /endless-chunk-size  a chunk-size line that never ends
+    /bad-content-length  Content-Length: -1
     /ok               a good answer (so a soak can mix good and hostile checks)
     /flap             500 during every other ?period= seconds of the clock, else 200
 
     TLS: expired, self_signed, wrong_host, tls10 (TLS 1.0 only), close_after_handshake,
-    and reset_in_handshake (always there: a plain socket that reads the ClientHello and
-    resets the connection)
+    valid (a good certificate: every path above over TLS), and reset_in_handshake
+    (always there: a plain socket that reads the ClientHello and resets)
 
 What tests/targets.py already serves is not repeated here: a body dripped a byte a
 second (/drip), an endless body (/endless), a gzip bomb (/gzip-bomb), a redirect loop
@@ -52,7 +57,7 @@ from urllib.parse import parse_qs, urlsplit
 import trustme
 
 HUGE_HEADER = b"X-Huge: " + b"a" * (1 << 20) + b"\r\n"
-TLS_FLAVOURS = ("expired", "self_signed", "wrong_host", "tls10", "close_after_handshake")
+TLS_FLAVOURS = ("expired", "self_signed", "wrong_host", "tls10", "close_after_handshake", "valid")
 EXPIRED_NOT_AFTER = dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
 
 
@@ -113,6 +118,39 @@ def _canned(reply: bytes) -> Callable[[asyncio.StreamReader, Writer, dict[str, s
     return handle
 
 
+async def _flood(writer: Writer, data: bytes) -> None:
+    """Write `data` again and again, as fast as the client reads, until it hangs up.
+    (drain() returns at once while the client keeps up: sleep(0) lets the other
+    connections of this server have their turn.)"""
+    while not writer.is_closing():
+        writer.write(data)
+        await writer.drain()
+        await asyncio.sleep(0)
+
+
+async def _endless_continue(reader: asyncio.StreamReader, writer: Writer, query: dict[str, str]) -> None:
+    """Interim responses, forever: the final one never comes."""
+    await _flood(writer, b"HTTP/1.1 100 Continue\r\n\r\n" * 1000)
+
+
+async def _endless_trailers(reader: asyncio.StreamReader, writer: Writer, query: dict[str, str]) -> None:
+    """A chunked body that ends, then trailer lines forever."""
+    writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n")
+    await _flood(writer, b"X-Trailer: v\r\n" * 5000)
+
+
+async def _chunked_bomb(reader: asyncio.StreamReader, writer: Writer, query: dict[str, str]) -> None:
+    """One chunk announced as 2**64 - 1 bytes long, then zeros."""
+    writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\n")
+    await _flood(writer, bytes(1 << 16))
+
+
+async def _endless_chunk_size(reader: asyncio.StreamReader, writer: Writer, query: dict[str, str]) -> None:
+    """A chunk-size line that never ends."""
+    writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    await _flood(writer, b"f" * (1 << 16))
+
+
 async def _flap(reader: asyncio.StreamReader, writer: Writer, query: dict[str, str]) -> None:
     period = float(query.get("period", "60"))
     down = int(time.time() // period) % 2 == 1
@@ -132,6 +170,11 @@ BEHAVIOURS: dict[str, Callable[[asyncio.StreamReader, Writer, dict[str, str]], A
     "/many-headers": _many_headers,
     "/garbage-status": _canned(b"HTTP/1.1 two hundred OK\r\nContent-Length: 2\r\n\r\nok"),
     "/http09": _canned(b"<html><body>hello from 1991</body></html>\n"),
+    "/endless-continue": _endless_continue,
+    "/endless-trailers": _endless_trailers,
+    "/chunked-bomb": _chunked_bomb,
+    "/endless-chunk-size": _endless_chunk_size,
+    "/bad-content-length": _canned(b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\nok"),
     "/ok": _canned(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok"),
     "/flap": _flap,
 }
@@ -225,6 +268,7 @@ def tls_contexts(ca: trustme.CA, flavours: tuple[str, ...] = TLS_FLAVOURS) -> di
         "wrong_host": lambda: _server_ctx(ca.issue_cert("elsewhere.example")),
         "tls10": lambda: _tls10_ctx(ca.issue_cert("localhost", "127.0.0.1")),
         "close_after_handshake": lambda: _server_ctx(ca.issue_cert("localhost", "127.0.0.1")),
+        "valid": lambda: _server_ctx(ca.issue_cert("localhost", "127.0.0.1")),
     }
     return {name: made[name]() for name in flavours}
 

@@ -161,3 +161,53 @@ def test_scripted_hour_matches_hand_computed_availability() -> None:
     windows = [e.window for e in sink.events if isinstance(e, WindowClosed) and e.window.check == "api"]
     assert [(w.kind, w.start - t0, w.end - t0) for w in windows] == [("down", 600.0, 1800.0)]
     assert not any(isinstance(e, (GapOpened, GapClosed)) for e in sink.events)  # web stayed up
+
+
+class SlowSink(MemorySink):
+    """A disk that takes 20 ms per commit."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.commits = 0
+
+    async def write(self, events: Sequence[Event]) -> None:
+        await asyncio.sleep(0.02)
+        self.commits += 1
+        await super().write(events)
+
+
+def test_slow_commits_are_batched_and_keep_order() -> None:
+    """300 results that each open or close a window, arriving faster than the disk
+    commits: the consumer commits what queued meanwhile together, so it keeps up, and
+    the events are exactly those (in the same order) of processing one by one."""
+    cfg = make_config({"api": {"url": "http://a.example/", "interval": "10s", "timeout": "5s",
+                               "open_after": 1, "close_after": 1}})
+    t0 = 1_800_000_000.0
+    results = [result("api", t0 + i, Reason.HTTP_5XX if i % 2 else Reason.OK) for i in range(300)]
+
+    inline = MemorySink()
+    inline_pipeline = Pipeline(cfg, LiveState(), inline)
+
+    async def one_by_one() -> None:
+        for r in results:
+            await inline_pipeline.handle(r)
+
+    asyncio.run(one_by_one())
+    assert sum(isinstance(e, WindowOpened) and e.window.check == "api" for e in inline.events) == 150
+
+    slow = SlowSink()
+    live = LiveState()
+    pipeline = Pipeline(cfg, live, slow)
+
+    async def queued() -> None:
+        pipeline.start()
+        for r in results:
+            await pipeline.handle(r)
+            await asyncio.sleep(0)  # probes finish one by one, between consumer turns
+        await asyncio.wait_for(pipeline.join(), 5)
+        await pipeline.stop()
+
+    asyncio.run(queued())
+    assert slow.events == inline.events
+    assert slow.commits <= 5  # one by one it would be 300 commits (6 s)
+    assert live.checks[("svc", "api")].outages_opened == 150

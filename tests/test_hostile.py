@@ -11,7 +11,9 @@ decompression) is `body_too_large`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import socket
 import ssl
 import statistics
 import subprocess
@@ -28,7 +30,7 @@ from helpers import make_check, start_daemon, wait_for
 from hostile import Hostile, serve_hostile, spawn_standalone, tls_contexts
 from targets import Target
 
-from monitor.probes import Prober
+from monitor.probes import Prober, lean
 from monitor.reasons import Reason
 
 TIMEOUT = 1.5  # the probe deadline in these tests
@@ -38,7 +40,7 @@ MAX_TRACED = 8 << 20  # bytes: a probe may hold its 1 MiB body cap and little el
 
 @pytest.fixture(scope="module")
 def hostile(ca: trustme.CA) -> Iterator[Hostile]:
-    with serve_hostile(tls_contexts(ca, ("self_signed", "tls10", "close_after_handshake"))) as h:
+    with serve_hostile(tls_contexts(ca, ("self_signed", "tls10", "close_after_handshake", "valid"))) as h:
         yield h
 
 
@@ -56,6 +58,11 @@ CASES = [
     ("50000_headers", "hostile", "/many-headers?n=50000", Reason.PROTOCOL, "Receive buffer too long"),
     # A head under the client's size limit is judged on its merits, however many lines.
     ("2000_headers_under_the_limit", "hostile", "/many-headers?n=2000", Reason.OK, ""),
+    ("endless_100_continue", "hostile", "/endless-continue", Reason.PROTOCOL, "interim (1xx) responses"),
+    ("endless_trailers", "hostile", "/endless-trailers", Reason.PROTOCOL, "trailers too long"),
+    ("chunked_bomb", "hostile", "/chunked-bomb", Reason.BODY_TOO_LARGE, "body larger than 1048576 bytes"),
+    ("endless_chunk_size_line", "hostile", "/endless-chunk-size", Reason.PROTOCOL, "chunk header too long"),
+    ("negative_content_length", "hostile", "/bad-content-length", Reason.PROTOCOL, "invalid Content-Length"),
     ("garbage_status_line", "hostile", "/garbage-status", Reason.PROTOCOL, "illegal status line"),
     ("http09_reply", "hostile", "/http09", Reason.PROTOCOL, "without sending a response"),
     ("redirect_loop", "target", "/loop", Reason.PROTOCOL, "more than 10 redirects"),
@@ -68,6 +75,16 @@ CASES = [
     ("tls_1_0_only", "hostile_tls", "tls10", Reason.TLS, ""),
     ("reset_in_tls_handshake", "hostile_tls", "reset_in_handshake", Reason.TLS, "Connection reset by peer"),
     ("close_after_tls_handshake", "hostile_tls", "close_after_handshake", Reason.PROTOCOL, ""),
+    # The same hostility inside a good TLS connection (a different read path).
+    ("tls_never_answers", "hostile_tls_valid", "/never", Reason.TIMEOUT, "waiting for response headers"),
+    ("tls_drips_headers", "hostile_tls_valid", "/drip-headers", Reason.TIMEOUT, "waiting for response"),
+    ("tls_resets_mid_body", "hostile_tls_valid", "/reset-mid-body", Reason.PROTOCOL, ""),
+    ("tls_1mb_header_line", "hostile_tls_valid", "/huge-header", Reason.PROTOCOL, "Receive buffer too long"),
+    ("tls_endless_100_continue", "hostile_tls_valid", "/endless-continue", Reason.PROTOCOL, "interim"),
+    ("tls_chunked_bomb", "hostile_tls_valid", "/chunked-bomb", Reason.BODY_TOO_LARGE, "body larger than"),
+    ("tls_endless_body", "target_tls", "/endless", Reason.BODY_TOO_LARGE, "body larger than 1048576 bytes"),
+    ("tls_gzip_bomb", "target_tls", "/gzip-bomb", Reason.BODY_TOO_LARGE, "body larger than 1048576 bytes"),
+    ("tls_http09_reply", "hostile_tls_valid", "/http09", Reason.PROTOCOL, "without sending a response"),
 ]
 
 
@@ -76,6 +93,10 @@ def url_for(request: pytest.FixtureRequest, server: str, where: str) -> str:
         return request.getfixturevalue("hostile").url(where)
     if server == "hostile_tls":
         return request.getfixturevalue("hostile").tls_url(where)
+    if server == "hostile_tls_valid":
+        return request.getfixturevalue("hostile").tls_url("valid", where)
+    if server == "target_tls":
+        return request.getfixturevalue("target").url(where, tls=True)
     target: Target = request.getfixturevalue(server)
     return target.url(where, tls=server != "target")
 
@@ -108,6 +129,24 @@ async def test_hostile_behaviour_ends_in_its_reason_within_the_deadline(
     assert peak < MAX_TRACED, f"peak traced memory {peak} bytes"
 
 
+async def test_reading_data_that_is_already_there_still_yields_to_the_loop() -> None:
+    """loop.sock_recv() returns without suspending when data is waiting, so a probe
+    reading a server that floods it would never let the event loop (other probes,
+    /metrics, its own deadline) run. The plain-TCP reader must yield on every read."""
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    theirs.sendall(b"x" * 65536)
+    conn = lean._SockConn(ours)
+    turns: list[int] = []
+    asyncio.get_running_loop().call_soon(turns.append, 1)  # runs at the loop's next turn
+    try:
+        assert await conn.more()
+        assert turns == [1]
+    finally:
+        conn.close()
+        theirs.close()
+
+
 # ---------------------------------------------------------------------------- load
 
 # Behaviours for the load test, weighted: those that hold a probe until its deadline
@@ -121,6 +160,8 @@ LOAD_MIX = [
     ("gzip_bomb", "target", "/gzip-bomb", 1),
     ("huge_header", "hostile", "/huge-header", 1),
     ("many_headers", "hostile", "/many-headers?n=50000", 1),
+    ("endless_continue", "hostile", "/endless-continue", 1),
+    ("chunked_bomb", "hostile", "/chunked-bomb", 1),
     ("garbage", "hostile", "/garbage-status", 1),
     ("http09", "hostile", "/http09", 1),
     ("loop", "target", "/loop", 1),

@@ -4,6 +4,7 @@ follows every change of the live state (its per-check text cache never goes stal
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
 import pytest
@@ -84,3 +85,21 @@ def test_other_collectors_take_the_general_path() -> None:
     registry.register(AipulseCollector(_live(), "there"))
     body, _ = render(registry, None)
     assert b'location="there"' in body and b'location="here"' in body
+
+
+async def test_checks_with_new_results_are_rendered_in_the_background() -> None:
+    live = _live()
+    registry = make_registry(live, "here")
+    render(registry, None)  # starts the background renderer
+    warmer = registry.fast._warmer  # type: ignore[attr-defined]
+    try:
+        live.record(_result("web", 1_700_000_000.0))
+        live.record(_result("api", 1_700_000_001.0, Reason.TIMEOUT))
+        assert live.changed == {("svc", "web"), ("svc", "api")}
+        await asyncio.sleep(1.5)
+        assert not live.changed
+        text = registry.fast.texts[("svc", "api")]  # type: ignore[attr-defined]
+        assert text.probe_key is live.checks[("svc", "api")].last
+        assert render(registry, None) == _reference(live, "here", None)
+    finally:
+        warmer.cancel()

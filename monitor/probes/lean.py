@@ -38,6 +38,7 @@ from monitor.redact import Redactor
 from monitor.result import ProbeResult
 
 MAX_HEAD = 100 * 1024  # bytes of status line + headers (httpcore allows h11 as much)
+MAX_INTERIM = 20  # 1xx responses before the final one (a server may send them forever)
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _STATUS = re.compile(rb"HTTP/1\.[01] ([0-9]{3})(?: [^\r\n]*)?")
 _SAFE_PATH = "/%:@!$&'()*+,;=-._~"
@@ -76,7 +77,9 @@ class Target:
 _targets: dict[str, Target] = {}
 
 
-def parse_url(url: str) -> Target:
+def parse_url(url: str, remember: bool = True) -> Target:
+    """`url` taken apart; remembered (a check's own URL) unless `remember` is False
+    (a redirect's Location, which a server could make different every time)."""
     cached = _targets.get(url)
     if cached is not None:
         return cached
@@ -99,7 +102,7 @@ def parse_url(url: str) -> Target:
     if parts.query:
         target += "?" + quote(parts.query, safe=_SAFE_QUERY)
     result = Target(url, scheme, host, port, authority, target)
-    if len(_targets) < 100_000:
+    if remember and len(_targets) < 100_000:
         _targets[url] = result
     return result
 
@@ -188,6 +191,9 @@ class _SockConn:
             self.eof = True
             return False
         self.buffer += data
+        # sock_recv returns without suspending when data is waiting: against a server
+        # that floods, the probe would never give the loop (and its own deadline) a turn.
+        await asyncio.sleep(0)
         return True
 
     async def write(self, data: bytes) -> None:
@@ -286,7 +292,7 @@ async def fetch(client: LeanClient, check: CheckConfig, trace: ProbeTrace) -> Re
             method, body = "GET", None
             headers = [(k, v) for k, v in headers
                        if k.lower() not in ("content-length", "transfer-encoding", "content-type")]
-        following = parse_url(urljoin(target.url, location.strip()))
+        following = parse_url(urljoin(target.url, location.strip()), remember=False)
         if following.origin != target.origin and not (
                 following.host == target.host and target.scheme == "http" and following.scheme == "https"
                 and target.port == 80 and following.port == 443):
@@ -376,7 +382,8 @@ async def _exchange(conn: _Conn | _SockConn, method: str, target: Target, header
     """Send one request; read the response head and (unless it redirects) the body."""
     trace.stage = "sending request"
     began = time.perf_counter()
-    lines = [f"{method} {target.target} HTTP/1.1", f"Host: {target.authority}"]
+    host = next((value for name, value in headers if name.lower() == "host"), target.authority)
+    lines = [f"{method} {target.target} HTTP/1.1", f"Host: {host}"]
     lines += [f"{name}: {value}" for name, value in headers if name.lower() not in ("host", "connection")]
     if (body is not None or method in ("POST", "PUT", "PATCH")) and not any(
             name.lower() == "content-length" for name, _ in headers):
@@ -386,12 +393,14 @@ async def _exchange(conn: _Conn | _SockConn, method: str, target: Target, header
     await conn.write(head + body if body else head)
     trace.stage = "waiting for response headers"
     try:
-        while True:
+        for _ in range(MAX_INTERIM + 1):
             response, rest = await _read_head(conn)
             if 100 <= response.status < 200 and response.status != 101:
                 conn.buffer[:0] = rest  # an interim response: the real one follows
                 continue
             break
+        else:
+            raise httpx.RemoteProtocolError(f"more than {MAX_INTERIM} interim (1xx) responses")
     finally:  # also on a timeout: the phase shows where the time went
         trace.add("processing", time.perf_counter() - began)
     if response.status in REDIRECTS and "location" in response.headers:
@@ -491,8 +500,11 @@ async def _read_chunked(conn: _Conn | _SockConn, decoder: BoundedDecoder) -> Non
         except ValueError:
             raise httpx.RemoteProtocolError(f"invalid chunk size {size_text[:20]!r}") from None
         if size == 0:
-            while await line():  # trailers, up to the empty line
-                pass
+            trailers = 0
+            while trailer := await line():  # trailers, up to the empty line
+                trailers += len(trailer) + 2
+                if trailers > MAX_HEAD:
+                    raise httpx.RemoteProtocolError("trailers too long")
             return
         while size > 0:
             if not conn.buffer and not await conn.more():
