@@ -7,6 +7,7 @@ fresh clone after `pip install -e .`.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import os
 import platform
 import re
@@ -104,11 +105,19 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
             proc.wait()
 
 
-def http_get(url: str, timeout: float = 30.0, method: str = "GET") -> tuple[int, bytes]:
-    req = urllib.request.Request(url, method=method)
+def http_get(url: str, timeout: float = 30.0, method: str = "GET", gzipped: bool = False,
+             wire: list[int] | None = None) -> tuple[int, bytes]:
+    """(status, body). `gzipped`: ask for gzip as Prometheus does, and inflate it; the
+    size on the wire is appended to `wire`."""
+    req = urllib.request.Request(url, method=method, headers={"Accept-Encoding": "gzip"} if gzipped else {})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, resp.read()
+            body = resp.read()
+            if wire is not None:
+                wire.append(len(body))
+            if resp.headers.get("Content-Encoding") == "gzip":
+                body = gzip.decompress(body)
+            return resp.status, body
     except urllib.error.HTTPError as e:
         return e.code, e.read()
 
@@ -236,7 +245,9 @@ if src:  # run that checkout's `monitor`, not the installed (editable) one
     sys.path.insert(0, src)
 loop = sys.argv.pop(1)
 if loop:
-    try:
+    import os
+    os.environ["AIPULSE_LOOP"] = loop  # what `aipulse run` reads
+    try:  # a checkout from before `aipulse run` read it: the loop policy
         import monitor.loop
         monitor.loop.install(loop)
     except ImportError:
@@ -251,8 +262,8 @@ def start_aipulse(config: Path, *, src: str | None = None, loop: str | None = No
     """`aipulse run -c config` as a subprocess.
 
     `src`: a checkout to run instead of the installed package (before/after figures);
-    `loop`: "uvloop" or "asyncio" to choose the event loop via monitor.loop.install()
-    (default: whatever `aipulse run` itself picks).
+    `loop`: "uvloop" or "asyncio" to choose the event loop (AIPULSE_LOOP; default:
+    whatever `aipulse run` itself picks, uvloop when installed).
     """
     if src is None and loop is None and (exe := shutil.which("aipulse")):
         cmd = [exe]

@@ -40,9 +40,17 @@ from monitor.scheduler import spread_offset
 
 
 def timed_get(url: str, method: str = "GET") -> tuple[float, int, int]:
+    """(seconds, status, body size); /metrics is asked for gzipped, as Prometheus does
+    (the time includes inflating it; the size is the inflated one)."""
     t0 = time.perf_counter()
-    status, body = common.http_get(url, timeout=120, method=method)
+    wire: list[int] = []
+    status, body = common.http_get(url, timeout=120, method=method, gzipped=url.endswith("/metrics"),
+                                   wire=wire)
+    WIRE_BYTES[url.rsplit("/", 1)[-1]] = wire[0] if wire else 0
     return time.perf_counter() - t0, status, len(body)
+
+
+WIRE_BYTES: dict[str, int] = {}  # the last response's size on the wire, by last path part
 
 
 def urls_for(n: int, hosts: int, port: int) -> list[str]:
@@ -67,7 +75,8 @@ def scrape_phase(args: argparse.Namespace, tmp: Path, port: int) -> dict[str, ob
             time.sleep(1)
     finally:
         common.stop(proc)
-    return {"checks": args.small, "scrape_s": times, "scrape_bytes": size}
+    return {"checks": args.small, "scrape_s": times, "scrape_bytes": size,
+            "scrape_wire_bytes": WIRE_BYTES["metrics"]}
 
 
 def arrivals_by_check(log: list[tuple[float, str]]) -> dict[int, list[float]]:
@@ -176,6 +185,7 @@ def main_phase(args: argparse.Namespace, tmp: Path, port: int, access_log: Path)
         - common.metric_sum(text0, "aipulse_scheduler_missed_intervals_total"),
         "scrape_s": [s for s, _ in scrapes],
         "scrape_bytes": scrapes[-1][1] if scrapes else 0,
+        "scrape_wire_bytes": WIRE_BYTES.get("metrics", 0),
         "reloads": reloads,
     })
     time.sleep(1.5)  # nginx flushes its access log every second
@@ -200,7 +210,8 @@ def fmt_ms(values: list[float]) -> str:
 def report(small: dict[str, object], big: dict[str, object], args: argparse.Namespace) -> None:
     a = big.get("arrivals") or {}
     print(f"\n== /metrics at {small['checks']} checks: {fmt_ms(small['scrape_s'])}, "  # type: ignore[arg-type]
-          f"{int(small['scrape_bytes']) / 1e6:.1f} MB")  # type: ignore[call-overload]
+          f"{int(small['scrape_bytes']) / 1e6:.1f} MB ({int(small['scrape_wire_bytes']) / 1e6:.2f} MB "  # type: ignore[call-overload]
+          "gzipped)")
     print(f"== {big['checks']} checks at {args.interval} ({big['expected_per_s']:.1f} probes/s due), "
           f"measured window {big['window_s']:.0f} s")
     print(f"start-up (process start -> /readyz 200): {big['startup_s']:.2f} s")
@@ -219,7 +230,8 @@ def report(small: dict[str, object], big: dict[str, object], args: argparse.Name
           f"scrapes and reloads included)")
     print(f"peak RSS (VmHWM): {big['peak_rss_mib']:.0f} MiB (RSS at end {big['rss_mib']:.0f} MiB)")
     print(f"/metrics at {big['checks']} checks: {fmt_ms(big['scrape_s'])}, "  # type: ignore[arg-type]
-          f"{int(big['scrape_bytes']) / 1e6:.1f} MB")  # type: ignore[call-overload]
+          f"{int(big['scrape_bytes']) / 1e6:.1f} MB ({int(big['scrape_wire_bytes']) / 1e6:.2f} MB "  # type: ignore[call-overload]
+          "gzipped)")
     for r in big["reloads"]:  # type: ignore[attr-defined]
         print(f"reload ({r['what']}): {r['seconds'] * 1000:.0f} ms; requests arriving during it: "
               f"{r['arrivals_during']}, largest gap between two requests around it "
@@ -235,7 +247,7 @@ def main() -> None:
     p.add_argument("--hosts", type=int, default=50, help="target addresses 127.0.0.1..N (default 50)")
     p.add_argument("--scrape-every", type=float, default=15.0)
     p.add_argument("--loop", choices=["uvloop", "asyncio"], default=None,
-                   help="event loop of the daemon, via monitor.loop.install() (default: aipulse's own)")
+                   help="event loop of the daemon (AIPULSE_LOOP; default: uvloop when installed)")
     p.add_argument("--src", default=None,
                    help="run the aipulse of this checkout instead of the installed one (before/after)")
     p.add_argument("--skip-small", action="store_true", help="skip the 1,000-check phase")

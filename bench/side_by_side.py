@@ -253,7 +253,7 @@ def main() -> None:
     p.add_argument("--together", action="store_true", help="run both at the same time")
     p.add_argument("--nginx-workers", type=int, default=1)
     p.add_argument("--loop", choices=["uvloop", "asyncio"], default=None,
-                   help="event loop of the daemon, via monitor.loop.install() (default: aipulse's own)")
+                   help="event loop of the daemon (AIPULSE_LOOP; default: uvloop when installed)")
     p.add_argument("--src", default=None,
                    help="run the aipulse of this checkout instead of the installed one (before/after)")
     p.add_argument("--max-load", type=float, default=0.0,

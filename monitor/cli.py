@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from monitor import __version__, logs
+from monitor import loop as event_loop
 from monitor.config import (
     LABEL_VALUE,
     Config,
@@ -140,7 +141,17 @@ def cmd_run(args: argparse.Namespace) -> int:
             return 2
     cfg = dataclasses.replace(cfg, **overrides)  # type: ignore[arg-type]
     try:
-        asyncio.run(Daemon(cfg, overrides).run())
+        factory = event_loop.loop_factory()  # uvloop when installed, or as AIPULSE_LOOP says
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except ImportError:
+        print("AIPULSE_LOOP=uvloop, but uvloop is not installed (pip install 'aipulse[uvloop]')",
+              file=sys.stderr)
+        return 2
+    try:
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(Daemon(cfg, overrides).run())
     except (OSError, StorageError, WebConfigError) as exc:  # port taken, database unusable, ...
         logging.getLogger("aipulse").error("cannot start: %s", exc)
         return 1

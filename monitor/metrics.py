@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -225,6 +225,7 @@ class AipulseCollector(Collector):
 
 WARM_EVERY = 1.0  # seconds between background renders of checks with new results
 WARM_SLICE = 200  # checks rendered between two yields to the event loop
+RENDER_SLICE = 1000  # checks a scrape joins between two yields to the event loop
 _PROBE_FAMILIES = 8  # success, duration, phase, probes, status, cert, steps, ttft
 _OUTAGE_FAMILIES = 6  # state, active, opened, last_start, last_duration, ratio
 Encoder = Callable[[Collector], bytes]
@@ -415,15 +416,37 @@ class _Exposition:
             self._warmer = loop.create_task(self._warm(), name="metrics text")
 
     def __call__(self, encoder: Encoder, openmetrics: bool) -> bytes:
+        steps = self._steps(encoder, openmetrics)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+
+    async def render_async(self, encoder: Encoder, openmetrics: bool) -> bytes:
+        """Like calling it, but yielding to the event loop every RENDER_SLICE checks, so
+        a scrape of 10,000 checks does not hold probes back for its whole render."""
+        steps = self._steps(encoder, openmetrics)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+            await asyncio.sleep(0)
+
+    def _steps(self, encoder: Encoder, openmetrics: bool) -> Generator[None, None, bytes]:
+        """The exposition, built in steps (a `yield` between slices of checks)."""
         collector = self.collector
         live, loc = collector.live, collector.location
         self._start_warmer()
         now = time.time()
         gaps, maintenance = collector._unknown_spans(now)
-        texts = self.texts
         order: list[_CheckText] = []
         live.changed.clear()  # all rendered below
-        for key, stats in live.checks.items():
+        # A snapshot: a reload may change the checks while this yields.
+        for n, (key, stats) in enumerate(list(live.checks.items()), 1):
+            if n % RENDER_SLICE == 0:
+                yield
             text = self._probe_text(key, stats)
             outage_key = (stats.state, stats.window, stats.outages_opened, stats.last_down,
                           stats.last_closed_down)
@@ -435,8 +458,8 @@ class _Exposition:
                 text.render_ratio(values)
                 text.availability = values
             order.append(text)
-        if len(texts) > len(live.checks):  # checks removed by a reload
-            self.texts = {k: v for k, v in texts.items() if k in live.checks}
+        if len(self.texts) > len(live.checks):  # checks removed by a reload
+            self.texts = {k: v for k, v in self.texts.items() if k in live.checks}
         headers = self.headers(encoder, openmetrics)
         parts: list[bytes] = []
         for i in range(_PROBE_FAMILIES):
@@ -487,4 +510,14 @@ def render(registry: CollectorRegistry, accept: str | None) -> tuple[bytes, str]
     fast = getattr(registry, "fast", None)
     if isinstance(fast, _Exposition):
         return fast(encoder, content_type.startswith("application/openmetrics")), content_type
+    return encoder(registry), content_type
+
+
+async def render_async(registry: CollectorRegistry, accept: str | None) -> tuple[bytes, str]:
+    """`render`, yielding to the event loop between slices of checks (the server's)."""
+    encoder, content_type = choose_encoder(accept or "")
+    fast = getattr(registry, "fast", None)
+    if isinstance(fast, _Exposition):
+        openmetrics = content_type.startswith("application/openmetrics")
+        return await fast.render_async(encoder, openmetrics), content_type
     return encoder(registry), content_type

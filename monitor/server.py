@@ -22,7 +22,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from monitor import api, page
 from monitor.live import LiveState
-from monitor.metrics import render
+from monitor.metrics import render_async
 from monitor.webconfig import WebConfig
 
 REGISTRY = web.AppKey("registry", CollectorRegistry)
@@ -42,8 +42,12 @@ logging.getLogger("aiohttp.server").addFilter(_not_a_client_error)
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body, content_type = render(request.app[REGISTRY], request.headers.get("Accept"))
-    return web.Response(body=body, headers={"Content-Type": content_type})
+    body, content_type = await render_async(request.app[REGISTRY], request.headers.get("Accept"))
+    response = web.Response(body=body, headers={"Content-Type": content_type})
+    # gzip when the client asks (Prometheus does): ~20x smaller at 10,000 checks
+    # (31 MB), compressed by aiohttp in a thread, off the event loop.
+    response.enable_compression()
+    return response
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -112,25 +112,28 @@ def _yaml_problem(exc: yaml.MarkedYAMLError) -> str:
 
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+_STR_TAG = "tag:yaml.org,2002:str"
 
 
 def _build(
     node: yaml.Node, path: KeyPath, src: Source, env: Mapping[str, str],
-    ctor: yaml.constructor.SafeConstructor, parents: tuple[yaml.Node, ...] = (),
+    ctor: yaml.constructor.SafeConstructor, parents: frozenset[int] = frozenset(),
 ) -> Any:
-    if any(node is p for p in parents):  # `a: &x [*x]`: an alias inside its own anchor
+    if isinstance(node, yaml.ScalarNode):
+        return _scalar(node, path, src, env, ctor)
+    if id(node) in parents:  # `a: &x [*x]`: an alias inside its own anchor
         raise LocatedError(path, "recursive YAML alias", node.start_mark.line + 1)
     if len(src.lines) > MAX_NODES:
         raise LocatedError(path, f"document too large (more than {MAX_NODES} keys and items; "
                            "aliases expanding?)", node.start_mark.line + 1)
-    parents = (*parents, node)
+    parents = parents | {id(node)}
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
             line = key_node.start_mark.line + 1
             if key_node.tag == _MERGE_TAG:  # SafeConstructor cannot even build this key
                 raise LocatedError((*path, "<<"), "YAML merge keys (<<) are not supported", line)
-            key = _construct(ctor, key_node, path)
+            key = key_node.value if key_node.tag == _STR_TAG else _construct(ctor, key_node, path)
             kpath = (*path, str(key))
             if not isinstance(key, str):
                 raise LocatedError(kpath, f"keys must be strings, got {key!r}", line)
@@ -147,7 +150,13 @@ def _build(
             src.lines[(*path, i)] = item.start_mark.line + 1
             items.append(_build(item, (*path, i), src, env, ctor, parents))
         return items
-    value = _construct(ctor, node, path)
+    return _scalar(node, path, src, env, ctor)
+
+
+def _scalar(node: yaml.Node, path: KeyPath, src: Source, env: Mapping[str, str],
+            ctor: yaml.constructor.SafeConstructor) -> Any:
+    # A plain string is its own value (most scalars: keys, URLs, names).
+    value = node.value if node.tag == _STR_TAG else _construct(ctor, node, path)
     if isinstance(value, str) and "$" in value:
         in_check = len(path) >= 4 and path[0] == "services" and path[2] == "checks"
         needs: list[str] | None = [] if in_check else None

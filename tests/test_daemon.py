@@ -86,6 +86,16 @@ def test_openmetrics_when_asked(daemon: RunningDaemon) -> None:
     assert plain.headers["content-type"].startswith("text/plain")
 
 
+def test_metrics_are_gzipped_when_asked(daemon: RunningDaemon) -> None:
+    zipped = daemon.get("/metrics", headers={"Accept-Encoding": "gzip"})
+    assert zipped.headers["content-encoding"] == "gzip"
+    assert int(zipped.headers["content-length"]) < len(zipped.content)  # httpx inflated it
+    assert "aipulse_probes_total{" in zipped.text
+    plain = daemon.get("/metrics", headers={"Accept-Encoding": "identity"})
+    assert "content-encoding" not in plain.headers
+    assert int(plain.headers["content-length"]) == len(plain.content)
+
+
 def test_health_ready_and_unknown_paths(daemon: RunningDaemon) -> None:
     assert daemon.get("/healthz").status_code == 200
     assert daemon.get("/readyz").status_code == 200
@@ -123,6 +133,19 @@ def test_listen_port_in_use_is_a_clear_error(tmp_path: Path, daemon: RunningDaem
     )
     assert proc.returncode == 1
     assert "cannot start:" in proc.stderr and "address already in use" in proc.stderr
+
+
+def test_the_event_loop_is_chosen_by_aipulse_loop(daemon: RunningDaemon, tmp_path: Path) -> None:
+    import importlib.util
+    expected = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"  # auto: uvloop if installed
+    started = [ln for ln in daemon.log.read_text().splitlines() if "aipulse started" in ln]
+    assert started and started[0].endswith(f"({expected})"), started
+    cfg = tmp_path / "loop.yaml"
+    cfg.write_text("services:\n  s:\n    checks:\n      c: {url: 'http://127.0.0.1:1/'}\n")
+    proc = subprocess.run([sys.executable, "-m", "monitor.cli", "run", "-c", str(cfg)], capture_output=True,
+                          text=True, timeout=20, env={**os.environ, "AIPULSE_LOOP": "tokio"})
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == 'AIPULSE_LOOP: invalid "tokio" (use auto, uvloop, asyncio)'
 
 
 # --- CLI commands that do not start the daemon ----------------------------------

@@ -12,7 +12,7 @@ from helpers import make_config
 from prometheus_client.registry import CollectorRegistry
 
 from monitor.live import LiveState
-from monitor.metrics import AipulseCollector, make_registry, render
+from monitor.metrics import RENDER_SLICE, AipulseCollector, make_registry, render, render_async
 from monitor.outage import OutageWindow, State
 from monitor.reasons import Reason
 from monitor.result import ProbeResult
@@ -96,10 +96,44 @@ async def test_checks_with_new_results_are_rendered_in_the_background() -> None:
         live.record(_result("web", 1_700_000_000.0))
         live.record(_result("api", 1_700_000_001.0, Reason.TIMEOUT))
         assert live.changed == {("svc", "web"), ("svc", "api")}
-        await asyncio.sleep(1.5)
+        deadline = asyncio.get_running_loop().time() + 5
+        while live.changed and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
         assert not live.changed
         text = registry.fast.texts[("svc", "api")]  # type: ignore[attr-defined]
         assert text.probe_key is live.checks[("svc", "api")].last
         assert render(registry, None) == _reference(live, "here", None)
     finally:
         warmer.cancel()
+
+
+async def test_a_scrape_of_many_checks_lets_other_tasks_run() -> None:
+    """render_async gives the loop a turn every RENDER_SLICE checks and writes the
+    same bytes as render and as prometheus_client."""
+    n = 2 * RENDER_SLICE + 500
+    cfg = make_config({f"c{i:05d}": {"url": f"http://127.0.0.1:1/{i}"} for i in range(n)})
+    live = LiveState()
+    live.set_services(cfg.services)
+    for i in range(n):
+        live.record(_result(f"c{i:05d}", 1_700_000_000.0 + i, Reason.OK if i % 3 else Reason.TIMEOUT))
+    registry = make_registry(live, "here")
+    turns = 0
+
+    async def other_task() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    ticker = asyncio.create_task(other_task())
+    await asyncio.sleep(0)
+    try:
+        turns = 0
+        body, content_type = await render_async(registry, None)
+        during = turns
+    finally:
+        ticker.cancel()
+        registry.fast._warmer.cancel()  # type: ignore[attr-defined]
+    assert during >= 2  # at least one turn per full slice
+    assert (body, content_type) == render(registry, None) == _reference(live, "here", None)
+    assert body.count(b"aipulse_probe_success{") == n

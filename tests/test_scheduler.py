@@ -139,3 +139,40 @@ async def test_set_checks_keeps_unchanged_and_stops_removed(target: Target) -> N
     await prober.aclose()
     later = results[cut + 1:]  # allow one b probe that was already running
     assert later and all(r.check == "a" for r in later)
+
+
+async def test_a_changed_check_keeps_its_schedule_and_probes_its_new_config(target: Target) -> None:
+    """A reload that changes a check but not its interval keeps its task and its due
+    times (no restart, no bunching); its next probe uses the new config. A new
+    interval restarts it on the new schedule."""
+    def config(code: int, interval: str) -> list[CheckConfig]:
+        return list(make_config({"a": {"url": target.url(f"/status/{code}"), "interval": interval,
+                                       "timeout": "150ms"}}).checks)
+
+    results: list[ProbeResult] = []
+    prober = Prober()
+    scheduler = Scheduler(prober.run, collector(results), max_in_flight=10, per_host_rate=100)
+    scheduler.set_checks(config(200, "200ms"))
+    await _until(lambda: len(results) >= 3)
+    task = scheduler._tasks[("svc", "a")][1]
+    scheduler.set_checks(config(201, "200ms"))
+    assert scheduler._tasks[("svc", "a")][1] is task  # kept
+    await _until(lambda: sum(r.status_code == 201 for r in results) >= 3)
+    scheduler.set_checks(config(202, "300ms"))
+    assert scheduler._tasks[("svc", "a")][1] is not task  # restarted
+    await _until(lambda: any(r.status_code == 202 for r in results))
+    await scheduler.stop()
+    await prober.aclose()
+    assert task.done()
+    codes = [r.status_code for r in results]
+    assert codes == sorted(codes)  # old config until the change, then only the new
+    kept = [r.started for r in results if r.status_code in (200, 201)]
+    gaps = [b - a for a, b in itertools.pairwise(kept)]
+    assert all(abs(g - 0.2) < 0.1 for g in gaps), gaps  # one fixed-rate schedule across the change
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
