@@ -155,7 +155,8 @@ async def run_blackbox(tmp: Path, target: str, args: argparse.Namespace) -> Outc
 # ------------------------------------------------------------------ aipulse
 
 async def scrape(port: int) -> str:
-    status, body = await asyncio.to_thread(common.http_get, f"http://127.0.0.1:{port}/metrics")
+    # gzipped, as Prometheus asks for it (aipulse's CPU includes compressing it)
+    status, body = await asyncio.to_thread(common.http_get, f"http://127.0.0.1:{port}/metrics", gzipped=True)
     assert status == 200, status
     return body.decode()
 

@@ -106,7 +106,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     if cfg is None:
         return 1
     print(f"{cfg.path}: ok ({len(cfg.services)} services, {len(cfg.checks)} checks)")
-    for line in cfg.skipped_notes():
+    for line in cfg.notes():
         print(line)
     return 0
 

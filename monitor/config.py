@@ -196,10 +196,20 @@ class Config:
     def checks(self) -> list[CheckConfig]:
         return [c for s in self.services for c in s.checks]
 
-    def skipped_notes(self) -> list[str]:
-        """One line per check left out for a missing key."""
-        return [f"skipping {service}/{check}: it needs {needs}, which is not available on this machine"
-                for service, check, needs in self.skipped]
+    def notes(self) -> list[str]:
+        """Warnings about a valid config: one line per check left out for a missing key,
+        and per host whose checks ask for more probes a second than `per_host_rate`
+        lets start (they would queue behind the limit and start ever later)."""
+        out = [f"skipping {service}/{check}: it needs {needs}, which is not available on this machine"
+               for service, check, needs in self.skipped]
+        demand: dict[str, float] = {}
+        for c in self.checks:
+            if c.interval:
+                demand[c.host] = demand.get(c.host, 0.0) + max(1, len(c.steps)) / c.interval
+        out += [f"host {host}: its checks ask for {rate:.3g} requests/s, above limits.per_host_rate "
+                f"({self.per_host_rate:g}/s); they will start late" for host, rate in demand.items()
+                if rate > self.per_host_rate]
+        return out
 
 
 def default_path() -> Path:

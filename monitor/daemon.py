@@ -59,7 +59,7 @@ class Daemon:
     async def run(self) -> None:
         cfg = self.config
         web_config = load_web_config(cfg.web_config) if cfg.web_config else WebConfig()
-        for note in cfg.skipped_notes():
+        for note in cfg.notes():
             log.warning("%s", note)
         self.prober = Prober(cfg.secrets)
         self.store = store = Store(self.db_path, cfg.results_retention)
@@ -150,7 +150,7 @@ class Daemon:
         if changed:
             log.warning("%s changed: takes effect after a restart", ", ".join(changed))
             new = dataclasses.replace(new, **{k: getattr(old, k) for k in changed})
-        for note in new.skipped_notes():
+        for note in new.notes():
             log.warning("%s", note)
         self.prober.redact = Redactor(new.secrets)
         await self.pipeline.commit(self.pipeline.configure(new))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -416,26 +416,20 @@ class _Exposition:
             self._warmer = loop.create_task(self._warm(), name="metrics text")
 
     def __call__(self, encoder: Encoder, openmetrics: bool) -> bytes:
-        steps = self._steps(encoder, openmetrics)
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                return done.value  # type: ignore[no-any-return]
+        *_, body = self._steps(encoder, openmetrics)
+        return body  # type: ignore[return-value]
 
     async def render_async(self, encoder: Encoder, openmetrics: bool) -> bytes:
         """Like calling it, but yielding to the event loop every RENDER_SLICE checks, so
         a scrape of 10,000 checks does not hold probes back for its whole render."""
-        steps = self._steps(encoder, openmetrics)
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                return done.value  # type: ignore[no-any-return]
+        for body in self._steps(encoder, openmetrics):
+            if body is not None:
+                return body
             await asyncio.sleep(0)
+        raise AssertionError("unreachable: _steps ends with the body")
 
-    def _steps(self, encoder: Encoder, openmetrics: bool) -> Generator[None, None, bytes]:
-        """The exposition, built in steps (a `yield` between slices of checks)."""
+    def _steps(self, encoder: Encoder, openmetrics: bool) -> Iterator[bytes | None]:
+        """The exposition, built in steps: None between slices of checks, then the bytes."""
         collector = self.collector
         live, loc = collector.live, collector.location
         self._start_warmer()
@@ -482,7 +476,7 @@ class _Exposition:
         if len(statuses) > len(live.services):
             self.statuses = {k: v for k, v in statuses.items() if k in live.services}
         parts.append(encoder(_Families(collector._tail_families())))  # type: ignore[arg-type]
-        return b"".join(parts)
+        yield b"".join(parts)
 
 
 class _Registry(CollectorRegistry):

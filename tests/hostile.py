@@ -44,7 +44,6 @@ import ssl
 import struct
 import subprocess
 import sys
-import threading
 import time
 import warnings
 from collections.abc import Awaitable, Callable, Iterator
@@ -55,6 +54,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import trustme
+from targets import in_thread
 
 HUGE_HEADER = b"X-Huge: " + b"a" * (1 << 20) + b"\r\n"
 TLS_FLAVOURS = ("expired", "self_signed", "wrong_host", "tls10", "close_after_handshake", "valid")
@@ -280,8 +280,6 @@ def serve_hostile(tls: dict[str, ssl.SSLContext] | None = None) -> Iterator[Host
     """Run the hostile server on 127.0.0.1 in a thread: the plain listener, plus one
     listener per TLS flavour in `tls` (name -> server context, see tls_contexts)."""
     hostile = Hostile()
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
     servers: list[asyncio.AbstractServer] = []
 
     def counted(handler: Callable[[asyncio.StreamReader, Writer], Awaitable[None]]
@@ -305,28 +303,13 @@ def serve_hostile(tls: dict[str, ssl.SSLContext] | None = None) -> Iterator[Host
             servers.append(server)
             hostile.tls_ports[name] = server.sockets[0].getsockname()[1]
 
-    def main() -> None:
-        asyncio.set_event_loop(loop)
-        loop.set_exception_handler(lambda loop, context: None)  # peers vanish mid-handshake: expected
-        loop.run_until_complete(start())
-        started.set()
-        loop.run_forever()
+    async def stop() -> None:
         for server in servers:
             server.close()
-        pending = asyncio.all_tasks(loop)
-        for task in pending:
-            task.cancel()
-        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-        loop.close()
 
-    thread = threading.Thread(target=main, daemon=True, name="hostile-server")
-    thread.start()
-    started.wait(10)
-    try:
+    # quiet: peers vanish mid-handshake, as expected
+    with in_thread(start, stop, "hostile-server", quiet=True):
         yield hostile
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
 
 
 def standalone_main() -> None:

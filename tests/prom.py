@@ -47,10 +47,12 @@ class Prometheus:
 
 
 @contextmanager
-def start_prometheus(workdir: Path, scrape_port: int, rule_files: Sequence[Path] = (),
+def start_prometheus(workdir: Path, scrape: int | Sequence[str], rule_files: Sequence[Path] = (),
                      interval: str = "1s") -> Iterator[Prometheus]:
-    """Prometheus scraping 127.0.0.1:`scrape_port` as job "aipulse" and evaluating rules
-    every `interval`; rule files are copied unchanged into `workdir`."""
+    """Prometheus scraping `scrape` (a port on 127.0.0.1, or host:port targets) as job
+    "aipulse" and evaluating rules every `interval`; rule files are copied unchanged
+    into `workdir`."""
+    targets = [f"127.0.0.1:{scrape}"] if isinstance(scrape, int) else list(scrape)
     workdir.mkdir(parents=True, exist_ok=True)
     for rules in rule_files:
         shutil.copyfile(rules, workdir / rules.name)
@@ -58,7 +60,7 @@ def start_prometheus(workdir: Path, scrape_port: int, rule_files: Sequence[Path]
         "global": {"scrape_interval": interval, "scrape_timeout": interval, "evaluation_interval": interval},
         "rule_files": [rules.name for rules in rule_files],
         "scrape_configs": [{"job_name": "aipulse",
-                            "static_configs": [{"targets": [f"127.0.0.1:{scrape_port}"]}]}],
+                            "static_configs": [{"targets": targets}]}],
     }
     (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()

@@ -13,7 +13,7 @@ import gzip
 import json
 import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -235,53 +235,76 @@ def build_app(target: Target) -> web.Application:
 
 
 @contextmanager
-def serve(ssl_context: ssl.SSLContext | None = None, plain: bool = True) -> Iterator[Target]:
-    """Run the target app on 127.0.0.1 (and on TLS when given a context) in a thread."""
-    target = Target()
+def in_thread(start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]],
+              name: str = "test-server", quiet: bool = False) -> Iterator[None]:
+    """Run `start()` on a new event loop in a daemon thread and keep that loop running
+    while the block runs; then `stop()`, cancel what is left and close the loop.
+    `quiet`: drop the loop's own error reports (peers that vanish mid-handshake)."""
     loop = asyncio.new_event_loop()
     started = threading.Event()
-    runner = web.AppRunner(build_app(target), access_log=None, shutdown_timeout=0.1)
-
-    async def start() -> None:
-        await runner.setup()
-        if plain:
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            target.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        if ssl_context is not None:
-            tls_site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
-            await tls_site.start()
-            target.tls_port = tls_site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    failed: list[BaseException] = []
 
     def main() -> None:
         asyncio.set_event_loop(loop)
-        loop.run_until_complete(start())
+        if quiet:
+            loop.set_exception_handler(lambda loop, context: None)
+        try:
+            loop.run_until_complete(start())
+        except BaseException as exc:
+            failed.append(exc)
+            started.set()
+            loop.close()
+            return
         started.set()
         loop.run_forever()
-        loop.run_until_complete(runner.cleanup())
+        loop.run_until_complete(stop())
         pending = asyncio.all_tasks(loop)
         for task in pending:
             task.cancel()
         loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         loop.close()
 
-    thread = threading.Thread(target=main, daemon=True)
+    thread = threading.Thread(target=main, daemon=True, name=name)
     thread.start()
-    started.wait(10)
+    assert started.wait(10), f"{name} did not start"
+    if failed:
+        raise failed[0]
     try:
-        yield target
+        yield
     finally:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
+
+
+async def listen(runner: web.AppRunner, ssl_context: ssl.SSLContext | None = None) -> int:
+    """A listener for a set-up runner on 127.0.0.1, any free port; returns the port."""
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
+    await site.start()
+    return int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+
+
+@contextmanager
+def serve(ssl_context: ssl.SSLContext | None = None, plain: bool = True) -> Iterator[Target]:
+    """Run the target app on 127.0.0.1 (and on TLS when given a context) in a thread."""
+    target = Target()
+    runner = web.AppRunner(build_app(target), access_log=None, shutdown_timeout=0.1)
+
+    async def start() -> None:
+        await runner.setup()
+        if plain:
+            target.port = await listen(runner)
+        if ssl_context is not None:
+            target.tls_port = await listen(runner, ssl_context)
+
+    with in_thread(start, runner.cleanup, "target"):
+        yield target
 
 
 @contextmanager
 def serve_raw(reply: bytes, close: bool = True) -> Iterator[int]:
     """A TCP server on 127.0.0.1 that reads a request head and writes `reply` verbatim
     (for answers no HTTP library would send: garbage status lines and the like)."""
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-    port = 0
+    servers: list[asyncio.AbstractServer] = []
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(Exception):
@@ -291,29 +314,11 @@ def serve_raw(reply: bytes, close: bool = True) -> Iterator[int]:
             if close:
                 writer.close()
 
-    async def start() -> asyncio.AbstractServer:
-        nonlocal port
-        server = await asyncio.start_server(handle, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        return server
+    async def start() -> None:
+        servers.append(await asyncio.start_server(handle, "127.0.0.1", 0))
 
-    def main() -> None:
-        asyncio.set_event_loop(loop)
-        server = loop.run_until_complete(start())
-        started.set()
-        loop.run_forever()
-        server.close()
-        pending = asyncio.all_tasks(loop)
-        for task in pending:
-            task.cancel()
-        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-        loop.close()
+    async def stop() -> None:
+        servers[0].close()
 
-    thread = threading.Thread(target=main, daemon=True)
-    thread.start()
-    started.wait(10)
-    try:
-        yield port
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
+    with in_thread(start, stop, "raw-server"):
+        yield servers[0].sockets[0].getsockname()[1]

@@ -714,3 +714,14 @@ def test_header_values_with_line_breaks_are_rejected_without_echoing_them() -> N
               name="config.yaml", env={"K": "sk-secret-value\r"})
     assert str(info.value) == ("config.yaml:6: services.d.checks.c.headers: header Authorization: "
                                "the value holds a line break or NUL (check the variable)")
+
+
+def test_a_host_asked_for_more_than_its_rate_is_warned_about() -> None:
+    checks = "".join(f"      c{i}: {{url: 'http://api.example/{i}', interval: 1s, timeout: 1s}}\n"
+                     for i in range(30))
+    text = "limits: {per_host_rate: 20}\nservices:\n  s:\n    checks:\n" + checks
+    text += "      other: {url: 'http://web.example/', interval: 1s, timeout: 1s}\n"
+    cfg = parse(text, "c.yaml", env={})
+    assert cfg.notes() == ["host api.example: its checks ask for 30 requests/s, above "
+                           "limits.per_host_rate (20/s); they will start late"]
+    assert parse(text.replace("per_host_rate: 20", "per_host_rate: 30"), "c.yaml", env={}).notes() == []

@@ -19,7 +19,6 @@ every second and evaluates deploy/prometheus/global.yml unchanged; its HTTP API 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -33,7 +32,7 @@ import httpx
 import pytest
 import yaml
 from helpers import free_port, wait_for
-from prom import Prometheus, tool
+from prom import Prometheus, start_prometheus, tool
 from targets import Target, serve
 
 from monitor.shard import shard_of
@@ -152,45 +151,6 @@ def wait_ready(instances: dict[str, Instance]) -> None:
     wait_for(lambda: all(ready(i) for i in instances.values()), timeout=15, every=0.05)
 
 
-@contextmanager
-def start_prometheus(workdir: Path, targets: list[str]) -> Iterator[Prometheus]:
-    """One Prometheus scraping every aipulse as job "aipulse" each second, evaluating
-    an unchanged copy of global.yml each second."""
-    workdir.mkdir()
-    shutil.copyfile(GLOBAL_RULES, workdir / GLOBAL_RULES.name)
-    (workdir / "prometheus.yml").write_text(yaml.safe_dump({
-        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
-        "rule_files": [GLOBAL_RULES.name],
-        "scrape_configs": [{"job_name": "aipulse", "static_configs": [{"targets": targets}]}],
-    }))
-    port = free_port()
-    log = workdir / "prometheus.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [tool("prometheus"), "--config.file=prometheus.yml", f"--storage.tsdb.path={workdir / 'data'}",
-             f"--web.listen-address=127.0.0.1:{port}"],
-            cwd=workdir, stdout=out, stderr=subprocess.STDOUT)
-    prom = Prometheus(proc, port, log)
-
-    def ready() -> bool:
-        assert proc.poll() is None, prom.log_tail()
-        try:
-            return httpx.get(prom.url("/-/ready"), timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_for(ready, timeout=20, every=0.05)
-        yield prom
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def by_check(prom: Prometheus, expr: str) -> dict[tuple[str, str], float]:
     """{(service, check): value} of an expression aggregated by service and check."""
     return {(s["metric"]["service"], s["metric"]["check"]): float(s["value"][1]) for s in prom.query(expr)}
@@ -223,7 +183,7 @@ def test_locations_shards_and_the_global_view(tmp_path: Path) -> None:
         # Prometheus starts while the daemons do (its first scrape comes a few seconds
         # after it is ready, when service discovery first hands over the targets).
         prom = stack.enter_context(start_prometheus(
-            tmp_path / "prometheus", [i.address for i in instances.values()]))
+            tmp_path / "prometheus", [i.address for i in instances.values()], [GLOBAL_RULES]))
         wait_ready(instances)
         try:
             # -- every check probed exactly once per location ----------------------------

@@ -8,7 +8,6 @@ import copy
 import gzip
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,6 +19,7 @@ import pytest
 from aiohttp import web
 from hypothesis import given
 from hypothesis import strategies as st
+from targets import in_thread, listen
 
 from monitor.statuspage import (
     COMPONENT_STATUSES,
@@ -586,36 +586,14 @@ def _app(page: Page) -> web.Application:
 def serve_page() -> Iterator[Page]:
     """The page app on 127.0.0.1 in its own thread and event loop."""
     page = Page()
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
     runner = web.AppRunner(_app(page), access_log=None, shutdown_timeout=0.1)
 
     async def start() -> None:
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        page.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        page.port = await listen(runner)
 
-    def main() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(start())
-        started.set()
-        loop.run_forever()
-        loop.run_until_complete(runner.cleanup())
-        pending = asyncio.all_tasks(loop)
-        for task in pending:
-            task.cancel()
-        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-        loop.close()
-
-    thread = threading.Thread(target=main, daemon=True)
-    thread.start()
-    assert started.wait(10)
-    try:
+    with in_thread(start, runner.cleanup, "status-page"):
         yield page
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
 
 
 @pytest.fixture

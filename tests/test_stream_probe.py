@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import threading
 import time
 import tracemalloc
 from collections.abc import Iterator
@@ -38,6 +37,7 @@ from urllib.parse import quote
 import pytest
 from aiohttp import web
 from helpers import make_check
+from targets import in_thread, listen
 
 from monitor.config import CheckConfig
 from monitor.probes import Prober
@@ -190,38 +190,19 @@ class Provider:
 def serve_providers() -> Iterator[dict[str, Provider]]:
     """One aiohttp server per format, all on one event loop in a background thread."""
     providers = {fmt: Provider(fmt) for fmt in FORMATS}
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
     runners = [web.AppRunner(p.app(), access_log=None, shutdown_timeout=0.1) for p in providers.values()]
 
     async def start() -> None:
         for provider, runner in zip(providers.values(), runners, strict=True):
             await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            provider.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            provider.port = await listen(runner)
 
-    def main() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(start())
-        started.set()
-        loop.run_forever()
+    async def stop() -> None:
         for runner in runners:
-            loop.run_until_complete(runner.cleanup())
-        pending = asyncio.all_tasks(loop)
-        for task in pending:
-            task.cancel()
-        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-        loop.close()
+            await runner.cleanup()
 
-    thread = threading.Thread(target=main, daemon=True)
-    thread.start()
-    assert started.wait(10)
-    try:
+    with in_thread(start, stop, "providers"):
         yield providers
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
 
 
 @pytest.fixture(scope="module")

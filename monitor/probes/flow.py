@@ -18,7 +18,7 @@ from urllib.parse import quote
 import httpx
 
 from monitor.config import TEMPLATE, CheckConfig, Extraction, FlowStep
-from monitor.probes.http import failure, fetch_refused_cert, is_slow, read_body, send
+from monitor.probes.http import failure, fetch_refused_cert, read_body, result_of, send
 from monitor.probes.judge import judge
 from monitor.probes.transport import ProbeTrace
 from monitor.reasons import Reason
@@ -61,21 +61,8 @@ async def probe(check: CheckConfig, client: httpx.AsyncClient, redact: Redactor)
     step, reason, detail = failed if failed is not None else (None, Reason.OK, "")
     if step is not None:
         detail = f"step {step}: {detail}"
-    return ProbeResult(
-        service=check.service,
-        check=check.id,
-        started=started,
-        duration=duration,
-        reason=reason,
-        detail=redact.with_secrets(variables.values())(detail),
-        status_code=trace.status,
-        phases=trace.phases,
-        redirects=trace.redirects,
-        cert_expiry=trace.cert_expiry,
-        degraded=is_slow(reason, duration, check),
-        step=step,
-        steps=step_seconds,
-    )
+    return result_of(check, trace, started, duration, reason, redact.with_secrets(variables.values())(detail),
+                     step=step, steps=step_seconds)
 
 
 async def _run_step(step: FlowStep, check: CheckConfig, client: httpx.AsyncClient, trace: ProbeTrace,

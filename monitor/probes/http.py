@@ -46,19 +46,7 @@ async def probe(check: CheckConfig, client: httpx.AsyncClient, redact: Redactor)
         reason, detail = failure(exc, check, trace)
     finally:
         trace.deactivate(token)
-    return ProbeResult(
-        service=check.service,
-        check=check.id,
-        started=started,
-        duration=duration,
-        reason=reason,
-        detail=redact(detail),
-        status_code=trace.status,
-        phases=trace.phases,
-        redirects=trace.redirects,
-        cert_expiry=trace.cert_expiry,
-        degraded=is_slow(reason, duration, check),
-    )
+    return result_of(check, trace, started, duration, reason, redact(detail))
 
 
 async def send(client: httpx.AsyncClient, method: str, url: str, headers: tuple[tuple[str, str], ...],
@@ -108,6 +96,18 @@ async def fetch_refused_cert(exc: Exception, trace: ProbeTrace) -> None:
     if reason_for_exception(exc, trace.stage) is Reason.TLS and trace.address is not None:
         with contextlib.suppress(OSError, ValueError):
             trace.cert_expiry = await fetch_cert_expiry(trace.server_name, trace.address)
+
+
+def result_of(check: CheckConfig, trace: ProbeTrace, started: float, duration: float, reason: Reason,
+              detail: str, **extra: object) -> ProbeResult:
+    """The result of one probe of any kind: the verdict, and what its trace saw. `detail`
+    comes redacted; `extra` holds kind-specific fields (ttft, step, steps)."""
+    return ProbeResult(
+        service=check.service, check=check.id, started=started, duration=duration, reason=reason,
+        detail=detail, status_code=trace.status, phases=trace.phases, redirects=trace.redirects,
+        cert_expiry=trace.cert_expiry, degraded=is_slow(reason, duration, check),
+        **extra,  # type: ignore[arg-type]
+    )
 
 
 def is_slow(reason: Reason, duration: float, check: CheckConfig) -> bool:

@@ -30,7 +30,7 @@ from urllib.parse import quote, urljoin, urlsplit
 import httpx
 
 from monitor.config import CheckConfig
-from monitor.probes.http import MAX_REDIRECTS, failure, fetch_refused_cert, is_slow
+from monitor.probes.http import MAX_REDIRECTS, failure, fetch_refused_cert, result_of
 from monitor.probes.judge import judge
 from monitor.probes.transport import BoundedDecoder, ProbeTrace, _expiry_of_ssl, _literal
 from monitor.reasons import DNSError
@@ -253,19 +253,7 @@ async def probe(check: CheckConfig, client: LeanClient, redact: Redactor) -> Pro
     except Exception as exc:
         duration = time.perf_counter() - t0
         reason, detail = failure(exc, check, trace)
-    return ProbeResult(
-        service=check.service,
-        check=check.id,
-        started=started,
-        duration=duration,
-        reason=reason,
-        detail=redact(detail),
-        status_code=trace.status,
-        phases=trace.phases,
-        redirects=trace.redirects,
-        cert_expiry=trace.cert_expiry,
-        degraded=is_slow(reason, duration, check),
-    )
+    return result_of(check, trace, started, duration, reason, redact(detail))
 
 
 async def fetch(client: LeanClient, check: CheckConfig, trace: ProbeTrace) -> Response:

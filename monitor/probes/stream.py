@@ -33,7 +33,7 @@ from typing import Any
 import httpx
 
 from monitor.config import CheckConfig
-from monitor.probes.http import failure, fetch_refused_cert, is_slow, read_body, send
+from monitor.probes.http import failure, fetch_refused_cert, read_body, result_of, send
 from monitor.probes.judge import judge
 from monitor.probes.transport import BoundedDecoder, ProbeTrace
 from monitor.reasons import BodyTooLarge, Reason
@@ -76,20 +76,7 @@ async def probe(check: CheckConfig, client: httpx.AsyncClient, redact: Redactor)
                     else f"after {state.tokens} content events")
     finally:
         trace.deactivate(token)
-    return ProbeResult(
-        service=check.service,
-        check=check.id,
-        started=started,
-        duration=duration,
-        reason=reason,
-        detail=redact(detail),
-        status_code=trace.status,
-        phases=trace.phases,
-        redirects=trace.redirects,
-        cert_expiry=trace.cert_expiry,
-        degraded=is_slow(reason, duration, check),
-        ttft=state.ttft,
-    )
+    return result_of(check, trace, started, duration, reason, redact(detail), ttft=state.ttft)
 
 
 def _request_headers(check: CheckConfig) -> tuple[tuple[str, str], ...]:
