@@ -24,7 +24,7 @@ gaps and maintenance.
 
 from __future__ import annotations
 
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import IntEnum, StrEnum
@@ -145,12 +145,13 @@ class CheckTracker:
     critical: bool = True
     window: OutageWindow | None = None
     state: State = State.UNKNOWN
-    # Recent known observations (time, level, reason) since the last window closed.
-    _recent: deque[tuple[float, Level, str]] = field(default_factory=deque)
+    # Recent known observations (time, level, reason) since the last window closed, at
+    # most max(open_after, close_after) of them (read anew each time: a reload may
+    # change both). A list: a deque reserves 64 slots, ~0.5 KB a check.
+    _recent: list[tuple[float, Level, str]] = field(default_factory=list)
     _reasons: Counter[str] = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
-        self._recent = deque(maxlen=max(self.open_after, self.close_after))
         if self.window is not None:
             self.state = State(self.window.kind)
 
@@ -161,7 +162,10 @@ class CheckTracker:
             # service's status), but this time is unknown, not down.
             self._set_state(State.UNKNOWN, at, events)
             return events
-        self._recent.append((at, level, reason))
+        recent = self._recent
+        recent.append((at, level, reason))
+        if len(recent) > max(self.open_after, self.close_after):
+            del recent[:len(recent) - max(self.open_after, self.close_after)]
         if self.window is not None and level >= LEVEL_OF_KIND[self.window.kind]:
             self._reasons[reason] += 1
         self._escalate(events, at)
@@ -182,7 +186,7 @@ class CheckTracker:
     def _streak(self, n: int, ok: Callable[[Level], bool]) -> list[tuple[float, Level, str]] | None:
         if len(self._recent) < n:
             return None
-        tail = list(self._recent)[-n:]
+        tail = self._recent[-n:]
         return tail if all(ok(level) for _, level, _ in tail) else None
 
     def _run(self, ok: Callable[[Level], bool]) -> list[tuple[float, Level, str]]:
@@ -233,8 +237,8 @@ class CheckTracker:
         end = streak[0][0]
         self._close(end, events)
         # Observations before the end belong to the closed window.
-        while self._recent and self._recent[0][0] < end:
-            self._recent.popleft()
+        keep = next((i for i, obs in enumerate(self._recent) if obs[0] >= end), len(self._recent))
+        del self._recent[:keep]
         self._escalate(events, now)  # e.g. down -> degraded, if the recovery is slow
 
     def _close(self, end: float, events: list[Event]) -> None:

@@ -6,16 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from pathlib import Path
 
+import httpx
 import pytest
 from helpers import make_config
 from prometheus_client.registry import CollectorRegistry
 
+from monitor import server
 from monitor.live import LiveState
-from monitor.metrics import RENDER_SLICE, AipulseCollector, make_registry, render, render_async
+from monitor.metrics import RENDER_SLICE, AipulseCollector, make_registry, render, render_parts
 from monitor.outage import OutageWindow, State
 from monitor.reasons import Reason
 from monitor.result import ProbeResult
+from monitor.webconfig import WebConfig
 
 ACCEPTS = [None, "application/openmetrics-text; version=1.0.0",
            "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
@@ -108,8 +112,8 @@ async def test_checks_with_new_results_are_rendered_in_the_background() -> None:
 
 
 async def test_a_scrape_of_many_checks_lets_other_tasks_run() -> None:
-    """render_async gives the loop a turn every RENDER_SLICE checks and writes the
-    same bytes as render and as prometheus_client."""
+    """render_parts gives the loop a turn every RENDER_SLICE checks, and its parts make
+    the same bytes as render and as prometheus_client."""
     n = 2 * RENDER_SLICE + 500
     cfg = make_config({f"c{i:05d}": {"url": f"http://127.0.0.1:1/{i}"} for i in range(n)})
     live = LiveState()
@@ -129,7 +133,8 @@ async def test_a_scrape_of_many_checks_lets_other_tasks_run() -> None:
     await asyncio.sleep(0)
     try:
         turns = 0
-        body, content_type = await render_async(registry, None)
+        parts, content_type = await render_parts(registry, None)
+        body = b"".join(parts)
         during = turns
     finally:
         ticker.cancel()
@@ -137,3 +142,34 @@ async def test_a_scrape_of_many_checks_lets_other_tasks_run() -> None:
     assert during >= 2  # at least one turn per full slice
     assert (body, content_type) == render(registry, None) == _reference(live, "here", None)
     assert body.count(b"aipulse_probe_success{") == n
+
+
+async def test_a_scrape_larger_than_one_piece_arrives_whole(tmp_path: Path) -> None:
+    """/metrics is sent in pieces of SEND_BYTES: over a real socket, plain (with its
+    Content-Length) and gzipped (chunked), the bytes are exactly those rendered."""
+    n = 1500
+    cfg = make_config({f"c{i:05d}": {"url": f"http://127.0.0.1:1/{i}"} for i in range(n)})
+    live = LiveState()
+    live.set_services(cfg.services)
+    for i in range(n):
+        live.record(_result(f"c{i:05d}", 1_700_000_000.0 + i))
+    registry = make_registry(live, "here")
+
+    async def no_reload() -> None:
+        return None
+
+    runner = await server.start(server.make_app(live, registry, str(tmp_path / "none.db"), no_reload,
+                                                WebConfig()), "127.0.0.1", 0)
+    try:
+        url = f"http://127.0.0.1:{server.bound_port(runner)}/metrics"
+        async with httpx.AsyncClient() as client:
+            plain = await client.get(url, headers={"Accept-Encoding": "identity"})
+            zipped = await client.get(url, headers={"Accept-Encoding": "gzip"})
+        expected = render(registry, None)[0]
+        assert len(expected) > 2 * server.SEND_BYTES
+        assert plain.content == expected and int(plain.headers["content-length"]) == len(expected)
+        assert zipped.headers["content-encoding"] == "gzip" and zipped.content == expected
+        assert zipped.num_bytes_downloaded < len(expected) / 10
+    finally:
+        await runner.cleanup()
+        registry.fast._warmer.cancel()  # type: ignore[attr-defined]

@@ -681,3 +681,17 @@ def isolate(drafts: list[Draft]) -> list[Draft]:
 def test_isolated_failures_never_open_a_window_with_open_after_2_or_more(run: Run) -> None:
     assert not [e for e in run.flat if isinstance(e, (WindowOpened, WindowClosed))]
     assert all(s in (UP, UNKNOWN) for s in run.states)
+
+
+def test_thresholds_raised_by_a_reload_still_open_and_close_windows() -> None:
+    """The pipeline changes open_after/close_after of a live tracker on reload; the
+    history it keeps must grow with them (a fixed-size buffer made a raised open_after
+    unreachable: the window never opened)."""
+    t = CheckTracker(SVC, CHECK, open_after=2, close_after=1)
+    t.observe(0.0, G)
+    t.open_after, t.close_after = 4, 3
+    for at in (10.0, 20.0, 30.0):
+        assert t.observe(at, D, "timeout") == []
+    assert opened("down", 10.0) in t.observe(40.0, D, "timeout")
+    assert t.observe(50.0, G) == [] and t.observe(60.0, G) == []
+    assert WindowClosed(win("down", 10.0, 50.0)) in t.observe(70.0, G)
