@@ -708,7 +708,7 @@ def sensitive_values(url: str, headers: tuple[tuple[str, str], ...]) -> set[str]
     and query parameters whose names say so. Redacted like ${VAR} values."""
     out = {v for k, v in headers if _SENSITIVE.search(k)}
     out |= {v.split(" ", 1)[1] for v in list(out) if " " in v}  # "Bearer sk-..." -> also "sk-..."
-    for name, value in parse_qsl(urlsplit(url).query):
+    for name, value in parse_qsl(urlsplit(url).query) if "?" in url else ():
         if _SENSITIVE.search(name):
             out.add(value)
     return {v for v in out if len(v) >= 6}
