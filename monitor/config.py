@@ -8,12 +8,14 @@ regexes and JSONPaths are compiled here, and every error names file, line and ke
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
 import json as jsonlib
 import math
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -229,7 +231,24 @@ def load_file(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise ConfigError([f"{path}:{line}: not UTF-8 text"]) from None
-    return parse(text, str(path), env)
+    with _no_cyclic_gc():
+        return parse(text, str(path), env)
+
+
+@contextlib.contextmanager
+def _no_cyclic_gc() -> Iterator[None]:
+    """Parsing 10,000 checks allocates millions of objects (the YAML nodes, then the
+    config) and none of them in reference cycles; the cyclic collector ran four full
+    collections meanwhile (45-190 ms each, holding the GIL: the daemon's event loop
+    stood still while a reload parsed in its thread). Off for the parse: half the
+    time, and the loop's longest stall 13 ms instead of 190 (BENCHMARKS.md)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def parse(text: str, name: str = "config.yaml", env: Mapping[str, str] | None = None) -> Config:
