@@ -265,8 +265,8 @@ def main() -> None:
             common.target(addresses, access_log=True) as tgt:
         tmp = Path(tmpdir)
         print(f"target: {tgt.kind} on 127.0.0.1..127.0.0.{args.hosts} port {port}")
-        small = {"checks": args.small, "scrape_s": [], "scrape_bytes": 0} if args.skip_small \
-            else scrape_phase(args, tmp, port)
+        small = ({"checks": args.small, "scrape_s": [], "scrape_bytes": 0, "scrape_wire_bytes": 0}
+                 if args.skip_small else scrape_phase(args, tmp, port))
         assert tgt.access_log is not None
         big = main_phase(args, tmp, port, tgt.access_log)
     report(small, big, args)
