@@ -265,7 +265,10 @@ def start_aipulse(config: Path, *, src: str | None = None, loop: str | None = No
     `loop`: "uvloop" or "asyncio" to choose the event loop (AIPULSE_LOOP; default:
     whatever `aipulse run` itself picks, uvloop when installed).
     """
-    if src is None and loop is None and (exe := shutil.which("aipulse")):
+    # the aipulse installed beside this Python (`.venv/bin/python bench/...`), else PATH's
+    beside = Path(sys.executable).parent / "aipulse"
+    exe = str(beside) if beside.exists() else shutil.which("aipulse")
+    if src is None and loop is None and exe:
         cmd = [exe]
     else:
         cmd = [sys.executable, "-c", LAUNCHER, src or "", loop or ""]
