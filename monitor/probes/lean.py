@@ -451,14 +451,7 @@ async def _read_body(conn: _Conn | _SockConn, response: Response, method: str, r
             raise httpx.RemoteProtocolError(f"invalid Content-Length {length[:40]!r}") from None
         if remaining < 0:
             raise httpx.RemoteProtocolError(f"invalid Content-Length {length[:40]!r}")
-        while remaining > 0:
-            if not conn.buffer and not await conn.more():
-                raise httpx.RemoteProtocolError(
-                    "peer closed connection without sending complete message body")
-            take = bytes(conn.buffer[:remaining])
-            del conn.buffer[:remaining]
-            remaining -= len(take)
-            decoder.feed(take)
+        await _feed_exactly(conn, remaining, decoder)
         return decoder.body()
     while True:  # until the server closes the connection
         if conn.buffer:
@@ -467,6 +460,17 @@ async def _read_body(conn: _Conn | _SockConn, response: Response, method: str, r
             decoder.feed(data)
         if not await conn.more() and not conn.buffer:
             return decoder.body()
+
+
+async def _feed_exactly(conn: _Conn | _SockConn, n: int, decoder: BoundedDecoder) -> None:
+    """Pass the next `n` body bytes to `decoder` (the decoder enforces the size cap)."""
+    while n > 0:
+        if not conn.buffer and not await conn.more():
+            raise httpx.RemoteProtocolError("peer closed connection without sending complete message body")
+        take = bytes(conn.buffer[:n])
+        del conn.buffer[:n]
+        n -= len(take)
+        decoder.feed(take)
 
 
 async def _read_chunked(conn: _Conn | _SockConn, decoder: BoundedDecoder) -> None:
@@ -494,14 +498,7 @@ async def _read_chunked(conn: _Conn | _SockConn, decoder: BoundedDecoder) -> Non
                 if trailers > MAX_HEAD:
                     raise httpx.RemoteProtocolError("trailers too long")
             return
-        while size > 0:
-            if not conn.buffer and not await conn.more():
-                raise httpx.RemoteProtocolError(
-                    "peer closed connection without sending complete message body")
-            take = bytes(conn.buffer[:size])
-            del conn.buffer[:size]
-            size -= len(take)
-            decoder.feed(take)
+        await _feed_exactly(conn, size, decoder)
         if await line():
             raise httpx.RemoteProtocolError("chunk not followed by CRLF")
 
