@@ -54,14 +54,19 @@ async def metrics(request: web.Request) -> web.StreamResponse:
     await response.prepare(request)
     piece: list[bytes] = []
     size = 0
-    for part in parts:  # never the whole 30 MB in one more buffer
-        piece.append(part)
-        size += len(part)
-        if size >= SEND_BYTES:
-            await response.write(b"".join(piece))
-            piece, size = [], 0
-    await response.write(b"".join(piece))
-    await response.write_eof()
+    try:
+        for part in parts:  # never the whole 30 MB in one more buffer
+            piece.append(part)
+            size += len(part)
+            if size >= SEND_BYTES:
+                await response.write(b"".join(piece))
+                piece, size = [], 0
+        await response.write(b"".join(piece))
+        await response.write_eof()
+    except ConnectionResetError:
+        # The scraper went away mid-answer (its scrape timeout, its shutdown): nothing
+        # of ours failed, and a traceback per aborted scrape would fill the journal.
+        pass
     return response
 
 
