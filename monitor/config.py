@@ -8,6 +8,7 @@ regexes and JSONPaths are compiled here, and every error names file, line and ke
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
 import gc
@@ -15,12 +16,14 @@ import json as jsonlib
 import math
 import os
 import re
+import ssl
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
+import idna
 import jsonpath
 
 from monitor.maintenance import Maintenance, parse_every, parse_start
@@ -32,7 +35,8 @@ ID = re.compile(r"[a-z0-9_-]+")
 LABEL_VALUE = re.compile(r"[A-Za-z0-9_.:-]+")
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 KINDS = ("http", "flow", "stream")
-STREAM_FORMATS = ("openai", "anthropic", "gemini")
+STREAM_FORMATS = ("openai", "openai_responses", "anthropic", "gemini")
+IP_PROTOCOLS = ("auto", "ip4", "ip6")
 TEMPLATE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 _STATUS_CLASS = re.compile(r"([1-5])xx")
 _STATUS_RANGE = re.compile(r"(\d{3})(?:-(\d{3}))?")  # 200-299, or "200" (e.g. from ${VAR})
@@ -47,15 +51,18 @@ CHECK_DEFAULTS: dict[str, Any] = {
     "close_after": 2,
     "max_body_bytes": "1MiB",
     "critical": True,
+    "follow_redirects": True,
+    "ip_protocol": "auto",
 }
 CHECK_KEYS = frozenset(
     {"kind", "url", "method", "headers", "body", "json", "interval", "timeout",
      "open_after", "close_after", "max_body_bytes", "critical", "expect",
-     "steps", "format", "idle_timeout"}
+     "steps", "format", "idle_timeout", "follow_redirects", "ip_protocol", "proxy_url", "tls"}
 )
+TLS_KEYS = frozenset({"ca_file", "cert_file", "key_file", "server_name", "insecure_skip_verify"})
 EXPECT_KEYS = frozenset(
     {"status", "body_contains", "body_regex", "json", "headers", "max_latency", "cert_min_days",
-     "max_ttft"}
+     "max_ttft", "max_stall", "body_not_contains", "body_not_regex"}
 )
 STEP_KEYS = frozenset({"name", "url", "method", "headers", "body", "json", "expect", "extract", "always_run"})
 
@@ -85,13 +92,32 @@ class Expect:
     max_latency: float | None = None
     cert_min_days: float | None = None
     max_ttft: float | None = None  # stream: no content token by then -> timeout
+    max_stall: float | None = None  # stream: a longer silence between output events -> degraded
+    body_not_contains: tuple[str, ...] = ()
+    body_not_regex: re.Pattern[str] | None = None
 
     def accepts(self, status: int) -> bool:
         return 200 <= status < 300 if self.status is None else status in self.status
 
     @property
     def needs_body(self) -> bool:
-        return bool(self.body_contains or self.body_regex or self.json)
+        return bool(self.body_contains or self.body_regex or self.json or self.body_not_contains
+                    or self.body_not_regex)
+
+
+@dataclass(frozen=True, slots=True)
+class TLSConfig:
+    """A check's `tls:` options (as blackbox_exporter's tls_config). Paths are absolute."""
+
+    ca_file: str | None = None  # trust only this CA bundle (PEM) instead of the public roots
+    cert_file: str | None = None  # client certificate (PEM)...
+    key_file: str | None = None  # ... and its key, unless cert_file holds both
+    server_name: str | None = None  # SNI and the name the certificate must match
+    insecure_skip_verify: bool = False
+
+    @property
+    def needs_context(self) -> bool:
+        return bool(self.ca_file or self.cert_file or self.insecure_skip_verify)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +163,10 @@ class CheckConfig:
     steps: tuple[FlowStep, ...] = ()  # kind: flow
     format: str | None = None  # kind: stream: openai | anthropic | gemini
     idle_timeout: float | None = None  # kind: stream: longest wait between content tokens
+    follow_redirects: bool = True
+    ip_protocol: str = "auto"  # auto (race IPv6 and IPv4, RFC 8305) | ip4 | ip6
+    proxy_url: str | None = None  # http://[user:pass@]host:port (CONNECT for https targets)
+    tls: TLSConfig | None = None
     line: int = field(default=0, compare=False)  # where it was written; not part of what it is
 
     @property
@@ -476,7 +506,7 @@ class _Validator:
         fmt = None
         if kind == "stream":
             if "format" not in merged:
-                self.err(path, 'missing required key "format" (openai, anthropic or gemini)')
+                self.err(path, f'missing required key "format" ({", ".join(STREAM_FORMATS)})')
             fmt = get("format", _choice(STREAM_FORMATS))
             for key in ("body_contains", "body_regex", "json"):
                 if key in (merged.get("expect") or {}):
@@ -500,6 +530,8 @@ class _Validator:
             return expect_path
 
         expect = self.expect(merged.get("expect"), expect_path, expect_at)
+        if expect is not None and expect.max_stall is not None and kind != "stream":
+            self.err((*expect_at("max_stall"), "max_stall"), '"max_stall" needs kind: stream')
         check = CheckConfig(
             service=sid, id=cid, url=url or "", kind=kind, method=method, headers=headers,
             body=body, interval=interval, timeout=timeout,
@@ -507,6 +539,10 @@ class _Validator:
             max_body_bytes=get("max_body_bytes", parse_size), critical=get("critical", _bool),
             expect=expect or Expect(), steps=steps, format=fmt,
             idle_timeout=get("idle_timeout", _duration) if kind == "stream" else None,
+            follow_redirects=get("follow_redirects", _bool),
+            ip_protocol=get("ip_protocol", _choice(IP_PROTOCOLS)),
+            proxy_url=get("proxy_url", _proxy_url),
+            tls=self.tls(merged.get("tls"), (*at("tls"), "tls")) if "tls" in merged else None,
             line=self.src.line(path),
         )
         return check if len(self.errors) == before else None
@@ -585,6 +621,24 @@ class _Validator:
                 self.err(vpath, str(exc))
         return tuple(out)
 
+    def tls(self, raw: Any, path: KeyPath) -> TLSConfig | None:
+        data = self.mapping(raw, path, TLS_KEYS)
+        base = Path(self.src.name).parent
+        files = {key: self.field(data, key, path, lambda v: str(base / _str(v)))
+                 for key in ("ca_file", "cert_file", "key_file")}
+        if files["key_file"] and not files["cert_file"]:
+            self.err((*path, "key_file"), '"key_file" needs "cert_file"')
+        tls = TLSConfig(**files, server_name=self.field(data, "server_name", path, _str),
+                        insecure_skip_verify=self.field(data, "insecure_skip_verify", path, _bool, False))
+        try:  # the files are read at every start and reload: say now what is wrong with them
+            context = ssl.create_default_context(cafile=tls.ca_file) if tls.ca_file else None
+            if tls.cert_file:
+                (context or ssl.create_default_context()).load_cert_chain(tls.cert_file, tls.key_file)
+        except (OSError, ssl.SSLError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
+            self.err(path, f"cannot use the TLS files: {why}")
+        return tls
+
     def expect(self, raw: Any, path: KeyPath, at: Callable[[str], KeyPath]) -> Expect | None:
         data = self.mapping(raw, path, None)
         for key in data:
@@ -607,6 +661,9 @@ class _Validator:
             max_latency=self.field(data, "max_latency", at("max_latency"), _duration),
             cert_min_days=self.field(data, "cert_min_days", at("cert_min_days"), _positive_number),
             max_ttft=self.field(data, "max_ttft", at("max_ttft"), _duration),
+            max_stall=self.field(data, "max_stall", at("max_stall"), _duration),
+            body_not_contains=self.field(data, "body_not_contains", at("body_not_contains"), _str_list, ()),
+            body_not_regex=self.field(data, "body_not_regex", at("body_not_regex"), _regex),
         )
 
 
@@ -679,6 +736,20 @@ def _url(value: Any) -> str:
         ok = False
     if not ok:
         raise ValueError(f'invalid URL "{text}" (must be http:// or https:// with a host)')
+    host = parts.hostname or ""
+    if not host.isascii():
+        try:
+            idna.encode(host, uts46=True)  # as the probes will send it (IDNA 2008)
+        except idna.IDNAError as exc:
+            raise ValueError(f'invalid host name "{host}" in URL ({exc})') from None
+    return text
+
+
+def _proxy_url(value: Any) -> str:
+    text = _url(value)
+    parts = urlsplit(text)
+    if parts.scheme != "http" or parts.path not in ("", "/") or parts.query:
+        raise ValueError(f'invalid proxy URL "{text}" (use http://[user:password@]host:port)')
     return text
 
 
@@ -730,6 +801,12 @@ def sensitive_values(url: str, headers: tuple[tuple[str, str], ...]) -> set[str]
     for name, value in parse_qsl(urlsplit(url).query) if "?" in url else ():
         if _SENSITIVE.search(name):
             out.add(value)
+    if "@" in url:  # user:password@ is sent as Basic auth: the password and the header's token
+        parts = urlsplit(url)
+        if parts.password:
+            password = unquote(parts.password)
+            token = base64.b64encode(f"{unquote(parts.username or '')}:{password}".encode()).decode()
+            out |= {parts.password, password, token}
     return {v for v in out if len(v) >= 6}
 
 

@@ -13,6 +13,10 @@ class Redactor:
         # values ("1", "on") would redact ordinary words and are not secrets anyway.
         self._secrets = sorted((s for s in secrets if len(s) >= 4), key=len, reverse=True)
 
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        return tuple(self._secrets)
+
     def with_secrets(self, more: Iterable[str]) -> Redactor:
         """This redactor plus `more` secrets (e.g. tokens a flow extracted)."""
         extra = frozenset(more)

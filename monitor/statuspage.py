@@ -57,12 +57,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import httpx
-
 from monitor import __version__
-from monitor.probes.http import read_body, send
-from monitor.probes.transport import ProbeTrace, ProbeTransport, verified_context
-from monitor.reasons import Reason, exception_chain, is_challenge, reason_for_exception
+from monitor.probes import verified_context
+from monitor.probes.client import Client, get
+from monitor.probes.net import ProbeTrace
+from monitor.reasons import Failure, is_challenge
 
 log = logging.getLogger("aipulse.statuspage")
 
@@ -161,7 +160,7 @@ def unknown(detail: str, source: str = "unknown") -> VendorStatus:
 
 def parse(body: bytes, content_type: str, status: int, headers: Mapping[str, str]) -> VendorStatus:
     """Read one status-page answer. Pure; never raises on vendor input."""
-    hdrs = httpx.Headers(headers)  # case-insensitive, whatever mapping we were given
+    hdrs = {name.lower(): value for name, value in headers.items()}  # whatever mapping we were given
     if is_challenge(status, hdrs, body):
         return unknown(f"bot challenge (HTTP {status})")
     if not 200 <= status < 300:
@@ -470,44 +469,25 @@ _HEADERS = (
 )
 
 
-def new_client(ssl_context: ssl.SSLContext | None = None) -> httpx.AsyncClient:
-    """A client like the probes' (explicit DNS, no keep-alive, verified TLS, no env
-    proxies, no client-side timeout: `fetch` owns the deadline). Caller closes it."""
-    return httpx.AsyncClient(
-        transport=ProbeTransport(ssl_context or verified_context()),
-        headers={"Accept-Encoding": "gzip, deflate"},
-        timeout=None,
-        trust_env=False,
-    )
+def new_client(ssl_context: ssl.SSLContext | None = None) -> Client:
+    """The probes' HTTP client (explicit DNS, no keep-alive, verified TLS, no env
+    proxies, no client-side timeout: `fetch` owns the deadline)."""
+    return Client(ssl_context or verified_context(), _HEADERS[1][1])
 
 
-async def fetch(client: httpx.AsyncClient, url: str, timeout: float = 10.0,
+async def fetch(http: Client, url: str, timeout: float = 10.0,
                 max_bytes: int = 4 * 1024 * 1024) -> VendorStatus:
     """GET one status page under one hard deadline and parse it. Never raises
     (except CancelledError): a failure is `unknown` with the reason in `detail`."""
     trace = ProbeTrace()
-    token = trace.activate()
     try:
         async with asyncio.timeout(timeout):
-            response = await send(client, "GET", url, _HEADERS, None, trace)
-            body = await read_body(response, max_bytes, trace)
-    except Exception as exc:
-        return unknown(_failure(exc, timeout, max_bytes, trace))
-    finally:
-        trace.deactivate(token)
-    return parse(body, response.headers.get("content-type", ""), response.status_code, response.headers)
-
-
-def _failure(exc: BaseException, timeout: float, max_bytes: int, trace: ProbeTrace) -> str:
-    reason = reason_for_exception(exc)
-    if reason is Reason.TIMEOUT:
-        why = f"no answer within {timeout:g}s ({trace.stage})"
-    elif reason is Reason.BODY_TOO_LARGE:
-        why = f"body larger than {max_bytes} bytes"
-    else:
-        text = next((str(e) for e in exception_chain(exc) if str(e)), type(exc).__name__)
-        why = text.splitlines()[0][:200] if text.strip() else type(exc).__name__
-    return f"fetch failed: {reason.value}: {why}"
+            response, body = await get(http, url, _HEADERS, trace, max_bytes)
+    except TimeoutError:
+        return unknown(f"fetch failed: timeout: no answer within {timeout:g}s ({trace.stage})")
+    except Failure as failure:
+        return unknown(f"fetch failed: {failure.reason.value}: {failure.detail[:200]}")
+    return parse(body, response.headers.get("content-type") or "", response.status, response.headers)
 
 
 OnUpdate = Callable[[str, VendorStatus], None]
@@ -527,7 +507,7 @@ class StatusPagePoller:
     def __init__(
         self,
         pages: Mapping[str, str],
-        client: httpx.AsyncClient,
+        client: Client,
         interval: float = 120.0,
         timeout: float = 10.0,
         max_bytes: int = 4 * 1024 * 1024,
