@@ -630,13 +630,16 @@ class _Validator:
             self.err((*path, "key_file"), '"key_file" needs "cert_file"')
         tls = TLSConfig(**files, server_name=self.field(data, "server_name", path, _str),
                         insecure_skip_verify=self.field(data, "insecure_skip_verify", path, _bool, False))
-        try:  # the files are read at every start and reload: say now what is wrong with them
-            context = ssl.create_default_context(cafile=tls.ca_file) if tls.ca_file else None
-            if tls.cert_file:
-                (context or ssl.create_default_context()).load_cert_chain(tls.cert_file, tls.key_file)
-        except (OSError, ssl.SSLError) as exc:
-            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
-            self.err(path, f"cannot use the TLS files: {why}")
+        # The files are read at every start and reload: say now what is wrong with them.
+        context = ssl.create_default_context()
+        for key, load in (("ca_file", lambda: context.load_verify_locations(tls.ca_file)),
+                          ("cert_file", lambda: context.load_cert_chain(tls.cert_file or "", tls.key_file))):
+            if files[key]:
+                try:
+                    load()
+                except (OSError, ssl.SSLError) as exc:
+                    why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
+                    self.err((*path, key), f'cannot use "{data[key]}": {why}')
         return tls
 
     def expect(self, raw: Any, path: KeyPath, at: Callable[[str], KeyPath]) -> Expect | None:

@@ -31,6 +31,20 @@ def make_check(url: str, **keys: Any) -> CheckConfig:
     return make_config({"c": {"url": url, **keys}}).checks[0]
 
 
+def one_request_check(kind: str, url: str, **keys: Any) -> CheckConfig:
+    """A check of `kind` (http, flow, stream) that makes one request to `url` (a flow
+    of one step named "one"; a stream GETs, format openai, unless `keys` say else).
+    Every kind speaks HTTP through the same client, so every kind must meet a server
+    the same way."""
+    if kind == "flow":
+        step = {"name": "one", "url": url, **{k: keys.pop(k) for k in ("headers", "expect", "method",
+                                                                       "body", "json") if k in keys}}
+        return make_config({"c": {"kind": "flow", "steps": [step], **keys}}).checks[0]
+    if kind == "stream":
+        keys = {"format": "openai", "method": "GET", **keys}
+    return make_check(url, kind=kind, **keys)
+
+
 def wait_for(fn: Callable[[], T], timeout: float = 10.0, every: float = 0.02) -> T:
     """Poll `fn` until it returns something truthy; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout

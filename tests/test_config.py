@@ -157,7 +157,8 @@ INVALID: dict[str, str] = {
     ),
     'defaults-unknown-expect-key.yaml': (
         'defaults-unknown-expect-key.yaml:3: defaults.expect.body: unknown key "body" (known: body_'
-        'contains, body_regex, cert_min_days, headers, json, max_latency, max_ttft, status)'
+        'contains, body_not_contains, body_not_regex, body_regex, cert_min_days, headers, json, max'
+        '_latency, max_stall, max_ttft, status)'
     ),
     'defaults-wrong-type-expect.yaml':
         'defaults-wrong-type-expect.yaml:2: defaults.expect: must be a mapping, got a list',
@@ -227,18 +228,19 @@ INVALID: dict[str, str] = {
         'unhashable-key.yaml:7: invalid YAML: while constructing a mapping, found unhashable key',
     'unknown-check-key.yaml': (
         'unknown-check-key.yaml:6: services.demo.checks.home.intervall: unknown key "intervall" (kn'
-        'own: body, close_after, critical, expect, format, headers, idle_timeout, interval, json, k'
-        'ind, max_body_bytes, method, open_after, steps, timeout, url)'
+        'own: body, close_after, critical, expect, follow_redirects, format, headers, idle_timeout,'
+        ' interval, ip_protocol, json, kind, max_body_bytes, method, open_after, proxy_url, steps, '
+        'timeout, tls, url)'
     ),
     'unknown-defaults-key.yaml': (
         'unknown-defaults-key.yaml:2: defaults.intervall: unknown key "intervall" (known: body, clo'
-        'se_after, critical, expect, format, headers, idle_timeout, interval, json, kind, max_body_'
-        'bytes, method, open_after, steps, timeout)'
+        'se_after, critical, expect, follow_redirects, format, headers, idle_timeout, interval, ip_'
+        'protocol, json, kind, max_body_bytes, method, open_after, proxy_url, steps, timeout, tls)'
     ),
     'unknown-expect-key.yaml': (
         'unknown-expect-key.yaml:8: services.demo.checks.home.expect.body_contain: unknown key "bod'
-        'y_contain" (known: body_contains, body_regex, cert_min_days, headers, json, max_latency, m'
-        'ax_ttft, status)'
+        'y_contain" (known: body_contains, body_not_contains, body_not_regex, body_regex, cert_min_'
+        'days, headers, json, max_latency, max_stall, max_ttft, status)'
     ),
     'unknown-key.yaml': (
         'unknown-key.yaml:2: service: unknown key "service" (known: defaults, limits, listen, locat'
@@ -260,8 +262,8 @@ INVALID: dict[str, str] = {
     ),
     'url-in-defaults.yaml': (
         'url-in-defaults.yaml:2: defaults.url: unknown key "url" (known: body, close_after, critica'
-        'l, expect, format, headers, idle_timeout, interval, json, kind, max_body_bytes, method, op'
-        'en_after, steps, timeout)'
+        'l, expect, follow_redirects, format, headers, idle_timeout, interval, ip_protocol, json, k'
+        'ind, max_body_bytes, method, open_after, proxy_url, steps, timeout, tls)'
     ),
     'wrong-type-body-contains.yaml': (
         'wrong-type-body-contains.yaml:6: services.demo.checks.home.expect.body_contains: must be a '
@@ -328,6 +330,34 @@ INVALID: dict[str, str] = {
     'zero-duration.yaml': (
         'zero-duration.yaml:6: services.demo.checks.home.interval: invalid duration "0s" (must be more '
         'than 0)'
+    ),
+    'bad-ip-protocol.yaml': (
+        'bad-ip-protocol.yaml:6: services.demo.checks.home.ip_protocol: must be one of auto, ip4, i'
+        'p6, got "ipv6"'
+    ),
+    'bad-proxy-url.yaml': (
+        'bad-proxy-url.yaml:6: services.demo.checks.home.proxy_url: invalid proxy URL "https://prox'
+        'y.example:3128/" (use http://[user:password@]host:port)'
+    ),
+    'tls-unknown-key.yaml': (
+        'tls-unknown-key.yaml:7: services.demo.checks.home.tls.ca: unknown key "ca" (known: ca_file'
+        ', cert_file, insecure_skip_verify, key_file, server_name)'
+    ),
+    'tls-missing-file.yaml': (
+        'tls-missing-file.yaml:7: services.demo.checks.home.tls.ca_file: cannot use "no-such-ca.pem'
+        '": No such file or directory'
+    ),
+    'tls-key-without-cert.yaml': (
+        'tls-key-without-cert.yaml:6: services.demo.checks.home.tls.key_file: "key_file" needs "cer'
+        't_file"'
+    ),
+    'max-stall-not-stream.yaml': (
+        'max-stall-not-stream.yaml:6: services.demo.checks.home.expect.max_stall: "max_stall" needs'
+        ' kind: stream'
+    ),
+    'bad-idna-host.yaml': (
+        'bad-idna-host.yaml:5: services.demo.checks.home.url: invalid host name "a\u200db.example" in UR'
+        "L (Joiner U+200D not allowed at position 2 in 'a\\u200db')"
     ),
 }
 

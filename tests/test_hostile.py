@@ -26,11 +26,10 @@ from typing import Any
 
 import pytest
 import trustme
-from helpers import make_check, make_config, start_daemon, wait_for
+from helpers import one_request_check, start_daemon, wait_for
 from hostile import Hostile, serve_hostile, spawn_standalone, tls_contexts
 from targets import Target
 
-from monitor.config import CheckConfig
 from monitor.probes import Prober
 from monitor.probes.net import PlainConn
 from monitor.reasons import Reason
@@ -117,18 +116,6 @@ def url_for(request: pytest.FixtureRequest, server: str, where: str) -> str:
     return target.url(where, tls=server != "target")
 
 
-def check_of(kind: str, url: str, **keys: Any) -> CheckConfig:
-    """A check of `kind` that makes exactly one request to `url`: every kind speaks
-    HTTP through the same client, so every kind must meet hostility the same way."""
-    keys = {"timeout": f"{TIMEOUT}s", "max_body_bytes": "1MiB", **keys}
-    if kind == "flow":
-        step = {"name": "one", "url": url, **{k: keys.pop(k) for k in ("headers", "expect") if k in keys}}
-        return make_config({"c": {"kind": "flow", "steps": [step], **keys}}).checks[0]
-    if kind == "stream":
-        keys = {"format": "openai", "method": "GET", **keys}
-    return make_check(url, kind=kind, **keys)
-
-
 @pytest.mark.parametrize("kind", ["http", "flow", "stream"])
 @pytest.mark.parametrize(("case", "server", "where", "reason", "detail"), CASES, ids=[c[0] for c in CASES])
 async def test_hostile_behaviour_ends_in_its_reason_within_the_deadline(
@@ -137,7 +124,7 @@ async def test_hostile_behaviour_ends_in_its_reason_within_the_deadline(
     if kind == "stream":
         reason, detail = STREAM_CASES.get(case, (reason, detail))
     url = url_for(request, server, where)
-    check = check_of(kind, url)
+    check = one_request_check(kind, url, timeout=f"{TIMEOUT}s", max_body_bytes="1MiB")
     prober = Prober(ssl_context=client_ssl)  # trusts the test CA: only the flaw under test fails
     tracemalloc.start()
     try:
