@@ -41,7 +41,7 @@ from targets import in_thread, listen
 
 from monitor.config import CheckConfig
 from monitor.probes import Prober
-from monitor.probes.stream import SSEParser
+from monitor.probes.sse import SSEParser
 from monitor.reasons import Reason
 from monitor.result import ProbeResult
 
