@@ -632,14 +632,14 @@ class _Validator:
                         insecure_skip_verify=self.field(data, "insecure_skip_verify", path, _bool, False))
         # The files are read at every start and reload: say now what is wrong with them.
         context = ssl.create_default_context()
-        for key, load in (("ca_file", lambda: context.load_verify_locations(tls.ca_file)),
+        for key, read in (("ca_file", lambda: context.load_verify_locations(tls.ca_file)),
                           ("cert_file", lambda: context.load_cert_chain(tls.cert_file or "", tls.key_file))):
             if files[key]:
                 try:
-                    load()
+                    read()
                 except (OSError, ssl.SSLError) as exc:
-                    why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
-                    self.err((*path, key), f'cannot use "{data[key]}": {why}')
+                    why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                    self.err((*path, key), f'cannot use "{data[key]}": {why.splitlines()[0]}')
         return tls
 
     def expect(self, raw: Any, path: KeyPath, at: Callable[[str], KeyPath]) -> Expect | None:

@@ -51,7 +51,8 @@ def serve_proxy(user: str | None = None, password: str = "") -> Iterator[Proxy]:
         lines = head.decode("latin-1").split("\r\n")
         method, target, _ = lines[0].split(" ", 2)
         proxy.requests.append(f"{method} {target}")
-        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+        headers = {k.strip().lower(): v.strip()
+                   for k, _, v in (line.partition(":") for line in lines[1:] if line)}
         if wanted is not None and headers.get("proxy-authorization") != wanted:
             writer.write(b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n")
             await writer.drain()
@@ -69,7 +70,8 @@ def serve_proxy(user: str | None = None, password: str = "") -> Iterator[Proxy]:
             upstream.append(up_writer)
             path = url.path + (f"?{url.query}" if url.query else "")
             kept = [line for line in lines[1:] if line and not line.lower().startswith("proxy-authorization")]
-            up_writer.write(("\r\n".join([f"{method} {path} HTTP/1.1", *kept]) + "\r\n\r\n").encode("latin-1"))
+            head = "\r\n".join([f"{method} {path} HTTP/1.1", *kept]) + "\r\n\r\n"
+            up_writer.write(head.encode("latin-1"))
         await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
 
     async def start() -> None:

@@ -49,7 +49,7 @@ def serve_stream() -> Iterator[StreamServer]:
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         script = server.script
-        with contextlib.suppress(Exception):
+        try:
             await reader.readuntil(b"\r\n\r\n")
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
                          b"Transfer-Encoding: chunked\r\n\r\n")
@@ -62,7 +62,10 @@ def serve_stream() -> Iterator[StreamServer]:
                 await asyncio.sleep(3600)
             writer.write(b"0\r\n\r\n")
             await writer.drain()
-        writer.close()
+        except Exception:  # the probe left first
+            pass
+        finally:
+            writer.transport.abort()
 
     async def start() -> None:
         listening.append(await asyncio.start_server(handle, "127.0.0.1", 0))
@@ -139,7 +142,8 @@ def test_refusal_and_tool_call_streams_have_output_and_end() -> None:
     assert 1 in claude_refusal and claude_refusal.index(1) == len(claude_refusal) - 1
 
 
-async def test_the_anthropic_replay_without_its_last_blank_line_is_truncated(sse_server: StreamServer) -> None:
+async def test_the_anthropic_replay_without_its_last_blank_line_is_truncated(
+        sse_server: StreamServer) -> None:
     """WHATWG SSE: an event the stream ends before its blank line is not dispatched, so
     a stream whose message_stop was never terminated did not end."""
     data = anthropic_replay(SSE / "anthropic_basic_response.txt")[:-1]
@@ -152,7 +156,8 @@ async def test_cr_only_line_ends_and_a_connection_held_open_after_done(sse_serve
     """A stream with CR-only line endings whose server keeps the connection open after
     [DONE] timed out: the last CR waited for an LF that never came."""
     chunk = json.dumps({"choices": [{"index": 0, "delta": {"content": "hi"}}]}).encode()
-    sse_server.script = Script([(0.0, b"data: " + chunk + b"\r\r"), (0.05, b"data: [DONE]\r\r")], keep_open=True)
+    sse_server.script = Script([(0.0, b"data: " + chunk + b"\r\r"), (0.05, b"data: [DONE]\r\r")],
+                               keep_open=True)
     check = make_check(f"http://127.0.0.1:{sse_server.port}/v1/stream", kind="stream", format="openai",
                        timeout="2s")
     result = await Prober().run(check)
@@ -160,7 +165,8 @@ async def test_cr_only_line_ends_and_a_connection_held_open_after_done(sse_serve
     assert result.duration < 1.0
 
 
-async def test_an_event_cut_between_its_data_lines_is_truncated_not_protocol(sse_server: StreamServer) -> None:
+async def test_an_event_cut_between_its_data_lines_is_truncated_not_protocol(
+        sse_server: StreamServer) -> None:
     first = json.dumps({"choices": [{"index": 0, "delta": {"content": "hi"}}]}).encode()
     result = await probe(sse_server, "openai", [b"data: " + first + b"\n\n", b'data: {"choices": [\n'])
     assert result.reason is Reason.STREAM_TRUNCATED, result.detail
@@ -187,7 +193,8 @@ RESPONSES_START = (responses_event("response.created", response={"id": "resp_1",
     ([responses_event("response.refusal.delta", delta="I can't"), responses_event(
         "response.completed", response={"id": "resp_1"})], Reason.OK, ""),
     ([responses_event("response.output_text.delta", delta="Hel"), responses_event(
-        "response.incomplete", response={"id": "resp_1", "incomplete_details": {"reason": "max_output_tokens"}})],
+        "response.incomplete", response={"id": "resp_1",
+                                         "incomplete_details": {"reason": "max_output_tokens"}})],
      Reason.OK, ""),
     ([responses_event("response.output_text.delta", delta="Hel"), responses_event(
         "error", code="server_error", message="The server had an error")],
@@ -205,7 +212,8 @@ async def test_openai_responses_format(sse_server: StreamServer, events: list[by
 
 async def test_output_speed_gap_and_stall(sse_server: StreamServer) -> None:
     def token(text: str) -> bytes:
-        return b"data: " + json.dumps({"choices": [{"index": 0, "delta": {"content": text}}]}).encode() + b"\n\n"
+        chunk = {"choices": [{"index": 0, "delta": {"content": text}}]}
+        return b"data: " + json.dumps(chunk).encode() + b"\n\n"
 
     usage = b'data: {"choices": [], "usage": {"completion_tokens": 40}}\n\n'
     sse_server.script = Script([(0.05, token("a")), (0.1, token("b")), (0.4, token("c")), (0.1, usage),
@@ -217,7 +225,8 @@ async def test_output_speed_gap_and_stall(sse_server: StreamServer) -> None:
     assert result.degraded  # a 0.4 s silence mid-answer, past max_stall
     assert result.stream_max_gap is not None and 0.38 <= result.stream_max_gap < 0.6
     # 40 usage tokens over the ~0.6 s from the first token to [DONE]
-    assert result.output_tokens_per_second is not None and 40 / 0.9 < result.output_tokens_per_second < 40 / 0.55
+    speed = result.output_tokens_per_second
+    assert speed is not None and 40 / 0.9 < speed < 40 / 0.55
     sse_server.script = Script([(0.0, token("a")), (0.05, token("b")), (0.0, b"data: [DONE]\n\n")])
     calm = await Prober().run(make_check(url, kind="stream", format="openai", timeout="3s",
                                          expect={"max_stall": "250ms"}))
