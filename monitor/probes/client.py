@@ -288,12 +288,12 @@ async def _exchange(client: Client, method: str, url: URL, headers: list[tuple[s
             await message.read_head()
         finally:  # also on a timeout: the phase shows where the time went
             trace.add("processing", time.perf_counter() - began)
+        response = Response(url, conn, message, method, limit)
+        if response.headers.set_cookie and cookies is not None:
+            cookies.store(url, response.headers.set_cookie)
     except BaseException:
         conn.close()
         raise
-    response = Response(url, conn, message, method, limit)
-    if response.headers.set_cookie and cookies is not None:
-        cookies.store(url, response.headers.set_cookie)
     if not (response.status in REDIRECTS and options.follow_redirects and "location" in response.headers):
         trace.status = response.status  # the final response
     return response
