@@ -25,6 +25,7 @@ import os
 import socket
 import ssl
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import aiohappyeyeballs
@@ -32,6 +33,13 @@ import aiohappyeyeballs
 from monitor.reasons import Failure, Reason
 
 HAPPY_EYEBALLS_DELAY = 0.25  # RFC 8305 "Connection Attempt Delay"
+# getaddrinfo blocks a thread per lookup. The event loop's default executor has
+# min(32, CPUs + 4) threads (6 on 2 CPUs): when a resolver drops queries and glibc
+# waits 5 s to retry, later lookups queued behind those few threads and timed out
+# while "resolving" a name the resolver would have answered. Threads are cheap while
+# they wait; these start only when needed.
+RESOLVER_THREADS = 64
+_resolver = ThreadPoolExecutor(max_workers=RESOLVER_THREADS, thread_name_prefix="aipulse-dns")
 READ_SIZE = 256 * 1024
 FAMILIES = {"auto": socket.AF_UNSPEC, "ip4": socket.AF_INET, "ip6": socket.AF_INET6}
 
@@ -77,7 +85,7 @@ async def connect(host: str, port: int, ip_protocol: str, trace: ProbeTrace) -> 
         infos = _literal(host, port, family)
         if infos is None:
             try:
-                infos = await loop.getaddrinfo(host, port, family=family, type=socket.SOCK_STREAM)
+                infos = await loop.run_in_executor(_resolver, _getaddrinfo, host, port, family)
             except socket.gaierror as exc:
                 raise Failure(Reason.DNS, f"cannot resolve {host}: {exc.strerror}") from None
             except UnicodeError:
@@ -108,6 +116,10 @@ async def connect(host: str, port: int, ip_protocol: str, trace: ProbeTrace) -> 
         trace.add("connect", time.perf_counter() - began)
     trace.address = (str(sock.getpeername()[0]), port)
     return sock
+
+
+def _getaddrinfo(host: str, port: int, family: int) -> list[AddrInfo]:
+    return socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)  # type: ignore[return-value]
 
 
 def _socket(info: AddrInfo) -> socket.socket:
