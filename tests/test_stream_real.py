@@ -6,7 +6,6 @@ inside a UTF-8 character); and the stream rules of WHATWG SSE and the vendors.""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
