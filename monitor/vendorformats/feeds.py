@@ -23,6 +23,7 @@ feed is its one component.
 from __future__ import annotations
 
 import calendar
+import dataclasses
 import email.utils
 import re
 from typing import Any
@@ -30,6 +31,7 @@ from typing import Any
 import feedparser
 
 from monitor.vendorformats.model import (
+    CLOSED,
     VendorComponent,
     VendorIncident,
     VendorStatus,
@@ -62,8 +64,8 @@ IMPACT_STATUS = {"none": "operational", "minor": "degraded_performance", "major"
                  "critical": "major_outage", "maintenance": "under_maintenance"}
 
 _STRONG = re.compile(r"<strong>\s*([^<]{1,80}?)\s*</strong>", re.I)
-_STATUS_LINE = re.compile(r"\bStatus:\s*([A-Za-z][A-Za-z _-]{0,30})", re.I)
-_SEVERITY_LINE = re.compile(r"\bSeverity:\s*([A-Za-z][A-Za-z _-]{0,30})", re.I)
+_STATUS_LINE = re.compile(r"\bStatus:\s*([A-Za-z_]+(?: [A-Za-z_]+)?)", re.I)
+_SEVERITY_LINE = re.compile(r"\bSeverity:\s*([A-Za-z]+(?: [A-Za-z]+)?)", re.I)
 _RESOLVED_AT = re.compile(r"\bResolved:\s*([A-Z][a-z]{2}, \d{1,2} [A-Z][a-z]{2} \d{4} \d{2}:\d{2}:\d{2} GMT)")
 _COMPONENT = re.compile(r"^\[([^\]]{1,100})\]\s*")
 _TAGS = re.compile(r"<[^>]+>")
@@ -84,13 +86,11 @@ def parse_feed(body: bytes, wanted: tuple[str, ...] = ()) -> VendorStatus:
     if not version:
         return unknown("not an RSS or Atom feed", SOURCE)
     words = Words()
-    wanted_keys = {w.casefold(): w for w in wanted}
+    wanted_keys = {w.casefold() for w in wanted}
     components: dict[str, str] = {}  # component name -> status
-    incidents: list[VendorIncident] = []
-    past: list[VendorIncident] = []
-    seen_ids: set[str] = set()
+    found: dict[str, VendorIncident] = {}  # entry id -> incident (open or past), newest entry first
     unread = 0
-    no_severity = 0
+    no_severity: set[str] = set()
     title_of_feed = text(feed.feed.get("title"), 200) or "status feed"
     for entry in feed.entries:
         title = text(entry.get("title"), 300)
@@ -100,32 +100,37 @@ def parse_feed(body: bytes, wanted: tuple[str, ...] = ()) -> VendorStatus:
             continue
         components.setdefault(component, "operational")
         eid = text(entry.get("id") or entry.get("link") or title, 200)
-        if eid in seen_ids:
-            continue
-        seen_ids.add(eid)
         html = _content(entry)
         state = _state(entry, html)
-        started = _epoch(entry.get("published_parsed")) or _epoch(entry.get("updated_parsed"))
-        name = _COMPONENT.sub("", title) or title
         if state is None:
             unread += 1
             components[component] = worst((components[component], "unknown"))
             continue
         lifecycle, kind = state
-        if kind == "closed":
-            resolved = _RESOLVED_AT.search(html)
-            ended = _rfc822(resolved.group(1)) if resolved else _epoch(entry.get("updated_parsed"))
-            past.append(VendorIncident(eid, name, lifecycle, _severity(html) or "none", started,
-                                       (_cid(component),), ended=ended))
-            continue
         if kind == "scheduled":
             continue
-        impact = "maintenance" if kind == "maintenance" else _severity(html)
-        if impact is None:
-            impact = "minor"
-            no_severity += 1
-        incidents.append(VendorIncident(eid, name, lifecycle, impact, started, (_cid(component),)))
-        components[component] = worst((components[component], IMPACT_STATUS.get(impact, "unknown")))
+        incident = found.get(eid)
+        if incident is None:  # the first (newest) entry of this id describes it
+            started = _epoch(dict.get(entry, "published_parsed")) or _epoch(dict.get(entry, "updated_parsed"))
+            name = _COMPONENT.sub("", title) or title
+            impact = _severity(html)
+            ended = None
+            if kind == "closed":
+                resolved = _RESOLVED_AT.search(html)
+                ended = _rfc822(resolved.group(1)) if resolved else _epoch(dict.get(entry, "updated_parsed"))
+                impact = impact or "none"
+            elif kind == "maintenance":
+                impact = "maintenance"
+            elif impact is None:
+                impact = "minor"
+                no_severity.add(eid)
+            incident = VendorIncident(eid, name, lifecycle, impact, started, (), ended)
+        if kind != "closed":
+            status = IMPACT_STATUS.get(incident.impact, "unknown")
+            components[component] = worst((components[component], status))
+        if _cid(component) not in incident.components:
+            incident = dataclasses.replace(incident, components=(*incident.components, _cid(component)))
+        found[eid] = incident
     if not components:
         components[title_of_feed] = "operational"
     if unread:
@@ -134,9 +139,11 @@ def parse_feed(body: bytes, wanted: tuple[str, ...] = ()) -> VendorStatus:
         words.notes.append("the feed states no severity: its open incidents are shown as "
                            "degraded_performance")
     for name in wanted:
-        if name not in components and name.casefold() not in {c.casefold() for c in components}:
+        if name.casefold() not in {c.casefold() for c in components}:
             components[name] = "operational"  # no entry names it: nothing declared
     rows = [VendorComponent(_cid(name), name, status) for name, status in components.items()]
+    incidents = [i for i in found.values() if i.ended is None and i.status not in CLOSED]
+    past = [i for i in found.values() if i not in incidents]
     return finish(SOURCE, rows, incidents, [c.status for c in rows], words, past)
 
 
@@ -167,9 +174,10 @@ def _state(entry: Any, html: str) -> tuple[str, str] | None:
         break  # Statuspage's first label is the state; anything else is not this layout
     m = _STATUS_LINE.search(_TAGS.sub(" ", html))
     if m is not None:
-        key = m.group(1).strip().lower().replace("_", " ")
-        if key in LABELS:
-            return LABELS[key]
+        words = m.group(1).lower().replace("_", " ").split()
+        for key in (" ".join(words[:2]), words[0]):  # "In progress", "RESOLVED"
+            if key in LABELS:
+                return LABELS[key]
     for tag in entry.get("tags", []) or []:
         key = str(tag.get("term", "")).strip().lower()
         if key in LABELS:
@@ -179,7 +187,10 @@ def _state(entry: Any, html: str) -> tuple[str, str] | None:
 
 def _severity(html: str) -> str | None:
     m = _SEVERITY_LINE.search(_TAGS.sub(" ", html))
-    return SEVERITY.get(m.group(1).strip().lower()) if m else None
+    if m is None:
+        return None
+    words = m.group(1).lower().split()
+    return SEVERITY.get(" ".join(words[:2])) or SEVERITY.get(words[0])
 
 
 def _epoch(parsed: Any) -> float | None:
