@@ -31,6 +31,8 @@ DAY = 86400.0
 MAX_WINDOWS = 2000  # per /history read
 FEED_ENTRIES = 100
 FEED_DAYS = 30  # windows that ended (or are open) within this many days feed the Atom feed
+LATE_ADMISSION = 3600.0  # a vendor incident declared up to this long after our window ended is beside it
+# (as for the live detection lead, monitor.live.ServiceStats.vendor_update)
 IMPACT_LABELS = {"none": "no impact given", "minor": "minor", "major": "major", "critical": "critical",
                  "maintenance": "maintenance", "unknown": "impact unknown"}
 
@@ -82,15 +84,18 @@ def vendor_view(v: VendorIncidentRecord, now: float) -> dict[str, Any]:
         "start_human": _when(v.start),
         "declared": v.started is not None,  # False: the start is when we first saw it listed
         "end": rfc3339(v.ended),
-        "duration": format_duration((now if v.ended is None else v.ended) - v.start),
+        # a declared start after our last sighting (forward-dated) has no duration to show
+        "duration": format_duration(span) if (span := (now if v.ended is None else v.ended) - v.start) >= 0
+        else "–",
         "open": v.ended is None,
     }
 
 
 def window_row(w: OutageWindow, vendor: Sequence[VendorIncidentRecord], now: float) -> dict[str, Any]:
-    """One of our windows with the vendor incidents that overlap it and the detection
-    lead: the earliest overlapping (non-maintenance) vendor start minus ours."""
-    beside = [v for v in vendor if v.overlaps(w.start, w.end, now)]
+    """One of our windows with the vendor incidents that overlap it (or were declared
+    within `LATE_ADMISSION` after it ended) and the detection lead: the earliest such
+    (non-maintenance) vendor start minus ours."""
+    beside = [v for v in vendor if v.overlaps(w.start, w.end, now, LATE_ADMISSION)]
     starts = [v.start for v in beside if v.impact != "maintenance"]
     lead = min(starts) - w.start if starts else None
     severity = window_severity(w)
@@ -131,7 +136,7 @@ def history_view(data: HistoryData, services: Mapping[str, str], now: float) -> 
         days: dict[str, dict[str, Any]] = {}
         matched: set[str] = set()
         for w in windows:
-            matched.update(v.id for v in vendor if v.overlaps(w.start, w.end, now))
+            matched.update(v.id for v in vendor if v.overlaps(w.start, w.end, now, LATE_ADMISSION))
             _day_of(days, w.start)["windows"].append(window_row(w, vendor, now))
         for v in vendor:
             if v.id not in matched:

@@ -46,10 +46,12 @@ class VendorIncidentRecord:
         """The start to compare with ours: the vendor's claim, else when we first saw it."""
         return self.started if self.started is not None else self.first_seen
 
-    def overlaps(self, start: float, end: float | None, now: float) -> bool:
+    def overlaps(self, start: float, end: float | None, now: float, grace: float = 0.0) -> bool:
+        """Whether it overlaps our window [start, end] (end None: open), counting a
+        vendor start up to `grace` seconds after our window ended (a late admission)."""
         mine_end = now if self.ended is None else self.ended
         theirs_end = now if end is None else end
-        return self.start <= theirs_end and start <= mine_end
+        return self.start <= theirs_end + grace and start <= mine_end
 
 
 def snapshot(service: str, vendor: VendorStatus, at: float,

@@ -56,6 +56,7 @@ INCIDENTIO_DOWN = {"summary": {  # SYNTHETIC: no real native incident.io capture
 }}
 INCIDENTIO_UP = {"summary": {**INCIDENTIO_DOWN["summary"], "affected_components": []}}
 
+INSTATUS = "instatus-components-v3_gcore_2026-09_all-operational.json"
 BETTERSTACK = "betterstack-index_betterstack_2026-09-07_operational-resolved-reports-trimmed.json"
 
 # format -> (status_page config, component label, (doc, type, status) before, (doc, type, status) after)
@@ -68,9 +69,8 @@ CASES: dict[str, tuple[dict[str, Any], str, tuple[bytes, str, str], tuple[bytes,
     "incidentio": ({}, "api", (json.dumps(INCIDENTIO_DOWN).encode(), JSON, "major_outage"),
                    (json.dumps(INCIDENTIO_UP).encode(), JSON, "operational")),
     # DevManfre/isitdown @2883400d: test/fixtures/instatus/components.json (status.gcore.com)
-    "instatus": ({}, "api", (real("instatus-components-v3_gcore_2026-09_all-operational.json"), JSON, "operational"),
-                 (edited("instatus-components-v3_gcore_2026-09_all-operational.json", _instatus_down), JSON,
-                  "major_outage")),
+    "instatus": ({}, "api", (real(INSTATUS), JSON, "operational"),
+                 (edited(INSTATUS, _instatus_down), JSON, "major_outage")),
     # DevManfre/isitdown @2883400d: test/fixtures/betterstack/operational.json
     "betterstack": ({}, "uptime", (real(BETTERSTACK), JSON, "operational"),
                     (edited(BETTERSTACK, _betterstack_down), JSON, "major_outage")),
@@ -84,7 +84,8 @@ CASES: dict[str, tuple[dict[str, Any], str, tuple[bytes, str, str], tuple[bytes,
     "gcloud": ({"format": "gcloud", "components": ["Google Cloud Dataproc"]}, "google_cloud_dataproc",
                (real("gcp-incidents_google-cloud_2021-07-30_one-ongoing-multiregion.json"), JSON,
                 "degraded_performance"),
-               (real("gcp-incidents_google-cloud_2022-07-03_157-incidents-all-ended.json"), JSON, "operational")),
+               (real("gcp-incidents_google-cloud_2022-07-03_157-incidents-all-ended.json"), JSON,
+                "operational")),
     # mrshu/github-statuses @3879be50 (2022-06-14, all resolved), then @7f94a364 (2022-11-25, investigating)
     "feed": ({"format": "feed"}, "github_status_incident_history",
              (real("atom-statuspage_github_2022-06-14_all-resolved.atom"), ATOM, "operational"),
