@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from monitor.vendorformats.model import (
+    IMPACT_TO_STATUS,
     VendorComponent,
     VendorIncident,
     VendorStatus,
@@ -33,8 +34,6 @@ STATE_WORDS = {"operational": "operational", "degraded": "degraded_performance",
                "downtime": "major_outage", "maintenance": "under_maintenance"}
 IMPACT_WORDS = {"degraded": "minor", "downtime": "major", "maintenance": "maintenance",
                 "operational": "none"}
-IMPACT_STATUS = {"none": "operational", "minor": "degraded_performance", "major": "partial_outage",
-                 "maintenance": "under_maintenance"}
 
 
 def is_index(doc: Any) -> bool:
@@ -95,7 +94,7 @@ def parse_index(doc: dict[str, Any], wanted: tuple[str, ...] = ()) -> VendorStat
     seen = [c.status for c in components if c.id not in unmonitored]
     if not wanted:
         seen.append(words.component(attrs.get("aggregate_state"), "aggregate_state", STATE_WORDS))
-    seen += [IMPACT_STATUS.get(i.impact, "unknown") for i in incidents]
+    seen += [IMPACT_TO_STATUS.get(i.impact, "unknown") for i in incidents]
     if unmonitored:
         words.notes.append(f"{len(unmonitored)} resource(s) not monitored by the vendor (shown as unknown)")
     return finish(SOURCE, components, incidents, seen, words, past)

@@ -32,6 +32,7 @@ import feedparser
 
 from monitor.vendorformats.model import (
     CLOSED,
+    IMPACT_TO_STATUS,
     VendorComponent,
     VendorIncident,
     VendorStatus,
@@ -60,8 +61,6 @@ LABELS = {
 SEVERITY = {"outage": "major", "major outage": "critical", "major": "major", "partial outage": "major",
             "disruption": "minor", "degraded": "minor", "degraded performance": "minor", "minor": "minor",
             "critical": "critical", "maintenance": "maintenance", "none": "none"}
-IMPACT_STATUS = {"none": "operational", "minor": "degraded_performance", "major": "partial_outage",
-                 "critical": "major_outage", "maintenance": "under_maintenance"}
 
 _STRONG = re.compile(r"<strong>\s*([^<]{1,80}?)\s*</strong>", re.I)
 _STATUS_LINE = re.compile(r"\bStatus:\s*([A-Za-z_]+(?: [A-Za-z_]+)?)", re.I)
@@ -126,7 +125,7 @@ def parse_feed(body: bytes, wanted: tuple[str, ...] = ()) -> VendorStatus:
                 no_severity.add(eid)
             incident = VendorIncident(eid, name, lifecycle, impact, started, (), ended)
         if kind != "closed":
-            status = IMPACT_STATUS.get(incident.impact, "unknown")
+            status = IMPACT_TO_STATUS.get(incident.impact, "unknown")
             components[component] = worst((components[component], status))
         if _cid(component) not in incident.components:
             incident = dataclasses.replace(incident, components=(*incident.components, _cid(component)))

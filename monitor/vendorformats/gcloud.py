@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from monitor.vendorformats.model import (
+    IMPACT_TO_STATUS,
     MAX_INCIDENTS,
     VendorComponent,
     VendorIncident,
@@ -32,7 +33,6 @@ from monitor.vendorformats.model import (
 SOURCE = "gcloud"
 
 IMPACT_WORDS = {"SERVICE_INFORMATION": "none", "SERVICE_DISRUPTION": "minor", "SERVICE_OUTAGE": "critical"}
-IMPACT_STATUS = {"none": "operational", "minor": "degraded_performance", "critical": "major_outage"}
 
 
 def is_incidents(doc: Any) -> bool:
@@ -70,7 +70,7 @@ def parse_incidents(doc: list[Any], wanted: tuple[str, ...] = ()) -> VendorStatu
             words.odd.append(f"status_impact {word!r}")
         incidents.append(incident)
         for pid, _ in affected:
-            status.setdefault(pid, []).append(IMPACT_STATUS.get(impact, "unknown"))
+            status.setdefault(pid, []).append(IMPACT_TO_STATUS.get(impact, "unknown"))
     for name in wanted:  # asked for, named by no incident: no incident declared
         if name.casefold() not in {t.casefold() for t in products.values()}:
             products[f"product:{name}"] = name
@@ -79,5 +79,5 @@ def parse_incidents(doc: list[Any], wanted: tuple[str, ...] = ()) -> VendorStatu
     if not components:
         words.notes.append("no product is named by any incident in the feed")
         components = [VendorComponent("page", "Google Cloud", "operational")]
-    seen = [c.status for c in components] + [IMPACT_STATUS.get(i.impact, "unknown") for i in incidents]
+    seen = [c.status for c in components] + [IMPACT_TO_STATUS.get(i.impact, "unknown") for i in incidents]
     return finish(SOURCE, components, incidents, seen, words, past)

@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from monitor.vendorformats.model import (
+    IMPACT_TO_STATUS,
     VendorComponent,
     VendorIncident,
     VendorStatus,
@@ -52,8 +53,6 @@ IMPACT_WORDS = {  # -> Statuspage impact
     "MAJOROUTAGE": "critical",
     "UNDERMAINTENANCE": "maintenance",
 }
-IMPACT_STATUS = {"none": "operational", "minor": "degraded_performance", "major": "partial_outage",
-                 "critical": "major_outage", "maintenance": "under_maintenance"}
 INCIDENT_WORDS = {"INVESTIGATING": "investigating", "IDENTIFIED": "identified", "MONITORING": "monitoring",
                   "RESOLVED": "resolved"}
 MAINTENANCE_WORDS = {"NOTSTARTEDYET": "scheduled", "INPROGRESS": "in_progress", "COMPLETED": "completed"}
@@ -97,7 +96,7 @@ def parse_summary(doc: dict[str, Any]) -> VendorStatus:
             seen.append("unknown")
         elif state == "in_progress":
             seen.append("under_maintenance")
-    seen += [IMPACT_STATUS.get(i.impact, "unknown") for i in incidents]
+    seen += [IMPACT_TO_STATUS.get(i.impact, "unknown") for i in incidents]
     overall = worst(seen)
     words.notes.append("summary.json has no per-component list: the page is shown as one component")
     return finish(SOURCE, [page_component(page.get("name"), overall, "status page")], incidents, seen, words)
