@@ -17,6 +17,7 @@ configured page on its own asyncio task, once right away and then every
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import re
@@ -24,6 +25,7 @@ import ssl
 import time
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
@@ -52,7 +54,10 @@ __all__ = [
 log = logging.getLogger("aipulse.statuspage")
 
 MAX_LABEL = 64
-LARGE_BODY = 256 * 1024  # parsed off the event loop above this size
+# A body larger than this is parsed off the event loop, on a thread of its own (the
+# default executor resolves the probes' DNS).
+LARGE_BODY = 256 * 1024
+_PARSER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aipulse-statuspage")
 
 
 # ------------------------------------------------------------------------- labels
@@ -153,7 +158,7 @@ async def fetch(client: httpx.AsyncClient, url: str, timeout: float = 10.0,
     args = (body, response.headers.get("content-type", ""), response.status_code, response.headers,
             str(response.url), spec or PageSpec(url))
     if len(body) > LARGE_BODY:  # a big document (Google Cloud's incidents.json) is parsed off the loop
-        return await asyncio.to_thread(parse, *args)
+        return await asyncio.get_running_loop().run_in_executor(_PARSER, functools.partial(parse, *args))
     return parse(*args)
 
 

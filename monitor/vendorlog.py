@@ -2,12 +2,12 @@
 
 A status page's summary lists only the incidents open *now*. To put the vendor's
 incident beside an outage window of last week, every poll that the page could be read
-(`VendorStatus.known`) leaves a `VendorSnapshot`: the incidents open at that moment,
+leaves a `VendorSnapshot`: the incidents open at that moment,
 and the resolved ones the document itself lists (feeds, Google Cloud, Better Stack).
 The store keeps one row per (service, incident): the vendor's declared start, when we
 first saw it open, and its end -- the vendor's own end where the page gives one, else
-the first readable poll that no longer listed it. An unreadable poll says nothing and
-ends nothing. Pure: no I/O here.
+the first readable poll that no longer listed it. An unreadable poll
+(`VendorStatus.readable` false) says nothing and ends nothing. Pure: no I/O here.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def snapshot(service: str, vendor: VendorStatus, at: float,
              last: VendorSnapshot | None) -> VendorSnapshot | None:
     """The event to store for this poll, or None: nothing to record (an unreadable
     page), or nothing changed since `last` (the same open and past incidents)."""
-    if not vendor.known:
+    if not vendor.readable:
         return None
     past = tuple(i for i in vendor.past if i.ended is not None and at - i.ended <= PAST_HORIZON and i.id)
     event = VendorSnapshot(service, at, tuple(i for i in vendor.incidents if i.id), past)

@@ -105,6 +105,8 @@ def watched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningD
                                                      JSON)
         services["moving"] = {"status_page": pages.url("/moving/api/v2/summary.json"),
                               "checks": {"web": {"url": pages.url("/ok")}}}
+        pages.docs["/empty"] = (b'{"page": {"id": "p"}, "components": [], "incidents": []}', JSON)
+        services["empty"] = {"status_page": pages.url("/empty"), "checks": {"web": {"url": pages.url("/ok")}}}
         config = {"status_page_interval": "200ms", "defaults": {"interval": "1s", "timeout": "500ms"},
                   "services": services}
         with start_daemon(config, tmp_path_factory.mktemp("formats")) as d:
@@ -141,6 +143,18 @@ def test_a_page_that_moved_to_the_site_root_is_unknown(watched: tuple[RunningDae
     assert vendor()["detail"].startswith("redirected to the site root (http://127.0.0.1:")
     assert d.value("aipulse_vendor_status", service="moving", status="unknown") == 1.0
     assert d.value("aipulse_vendor_status", service="moving", status="operational") == 0.0
+    assert d.value("aipulse_vendor_incident_open", service="moving") is None
+
+
+def test_a_page_read_as_statuspage_without_components_claims_no_incidents(
+        watched: tuple[RunningDaemon, Pages]) -> None:
+    """Statuspage's layout with no components cannot be read: unknown, and no claim
+    that no incident is open (aipulse_vendor_incident_open is absent, not 0)."""
+    d, _ = watched
+    wait_for(lambda: d.value("aipulse_vendor_status", service="empty", status="unknown") == 1.0, timeout=10)
+    assert d.value("aipulse_vendor_incident_open", service="empty") is None
+    vendor = next(s for s in d.get("/api/v1/status").json()["services"] if s["id"] == "empty")["vendor"]
+    assert (vendor["source"], vendor["detail"]) == ("statuspage", "no components")
 
 
 def test_the_status_page_shows_each_format(watched: tuple[RunningDaemon, Pages], tmp_path: Path) -> None:

@@ -105,6 +105,13 @@ class VendorStatus:
     def known(self) -> bool:
         return self.overall != "unknown"
 
+    @property
+    def readable(self) -> bool:
+        """The document was understood (its incidents can be believed), even if a word
+        in it was not: every parse that read a page keeps at least one component, and
+        an unreadable page (`unknown()`) has none."""
+        return bool(self.components)
+
 
 def unknown(detail: str, source: str = "unknown") -> VendorStatus:
     return VendorStatus(source=source, overall="unknown", detail=detail)
