@@ -21,7 +21,7 @@ from monitor import badge, history, vendorlog
 from monitor.outage import OutageWindow
 from monitor.store import Store, query_vendor_incidents
 from monitor.units import parse_time, rfc3339
-from monitor.vendorformats.model import VendorIncident, VendorStatus
+from monitor.vendorformats.model import VendorComponent, VendorIncident, VendorStatus
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -124,7 +124,8 @@ async def test_vendor_snapshots_record_start_first_seen_and_end(tmp_path: Path) 
     store = Store(db)
     store.open(0.0)
     inc = VendorIncident("i1", "Elevated errors", "investigating", "major", NOW - 900, ("c",))
-    page = VendorStatus("statuspage", "partial_outage", (), (inc,))
+    api = VendorComponent("c", "API", "partial_outage")
+    page = VendorStatus("statuspage", "partial_outage", (api,), (inc,))
     first = vendorlog.snapshot("acme", page, NOW - 600, None)
     assert first is not None
     assert vendorlog.snapshot("acme", page, NOW - 300, first) is None  # nothing changed: nothing written
@@ -133,14 +134,16 @@ async def test_vendor_snapshots_record_start_first_seen_and_end(tmp_path: Path) 
     await store.write([first])
     assert query_vendor_incidents(db, 0.0) == [
         vendorlog.VendorIncidentRecord("acme", "i1", "Elevated errors", "major", NOW - 900, NOW - 600, None)]
-    resolved = vendorlog.snapshot("acme", VendorStatus("statuspage", "operational", (), ()), NOW - 60, first)
+    recovered = VendorStatus("statuspage", "operational", (VendorComponent("c", "API", "operational"),))
+    resolved = vendorlog.snapshot("acme", recovered, NOW - 60, first)
     assert resolved is not None
     await store.write([resolved])
     (rec,) = query_vendor_incidents(db, 0.0)
     assert (rec.first_seen, rec.ended) == (NOW - 600, NOW - 60)  # ended: the first poll without it
     past = VendorIncident("p1", "Old one", "resolved", "minor", NOW - 7200, (), ended=NOW - 7000)
-    listed = vendorlog.snapshot("acme", VendorStatus("feed", "operational", (), (), past=(past,)), NOW,
-                                resolved)
+    feed = VendorStatus("feed", "operational", (VendorComponent("feed:x", "x", "operational"),), (),
+                        past=(past,))
+    listed = vendorlog.snapshot("acme", feed, NOW, resolved)
     await store.write([listed])
     got = {r.id: r for r in query_vendor_incidents(db, 0.0)}
     assert got["p1"].ended == NOW - 7000 and got["p1"].started == NOW - 7200
