@@ -105,7 +105,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = _load(args)
     if cfg is None:
         return 1
-    print(f"{cfg.path}: ok ({len(cfg.services)} services, {len(cfg.checks)} checks)")
+    pages = sum(1 for s in cfg.services if s.status_page)
+    print(f"{cfg.path}: ok ({len(cfg.services)} services, {pages} with a status page, "
+          f"{len(cfg.checks)} checks)")
     for line in cfg.notes():
         print(line)
     return 0

@@ -29,6 +29,7 @@ import jsonpath
 from monitor.maintenance import Maintenance, parse_every, parse_start
 from monitor.redact import Redactor
 from monitor.units import parse_duration, parse_size
+from monitor.vendorformats import FORMATS, PageSpec
 from monitor.yamlsrc import KeyPath, LocatedError, Source, format_path, load
 
 ID = re.compile(r"[a-z0-9_-]+")
@@ -189,8 +190,9 @@ class ServiceConfig:
     id: str
     title: str
     checks: tuple[CheckConfig, ...]
-    status_page: str | None = None
+    status_page: str | None = None  # its URL
     maintenance: tuple[Maintenance, ...] = ()
+    status_page_spec: PageSpec | None = None  # URL, format, components (monitor.vendorformats)
 
 
 @dataclass(frozen=True, slots=True)
@@ -405,14 +407,34 @@ class _Validator:
                 check = self.check(sid, cid, cdata, defaults, cpath)
                 if check is not None and (sid, cid) not in self.src.missing:
                     checks.append(check)
+            page = self.status_page(sdata.get("status_page"), (*path, "status_page"))
             out.append(ServiceConfig(
                 id=sid,
                 title=self.field(sdata, "title", path, _str, sid),
-                status_page=self.field(sdata, "status_page", path, _url),
+                status_page=None if page is None else page.url,
                 maintenance=self.maintenance(sdata.get("maintenance"), (*path, "maintenance")),
                 checks=tuple(checks),
+                status_page_spec=page,
             ))
         return out
+
+    def status_page(self, raw: Any, path: KeyPath) -> PageSpec | None:
+        """`status_page: URL`, or `{url, format, components, max_body_bytes}` when
+        auto-detection cannot tell the format or only some components matter."""
+        if raw is None:
+            return None
+        if not isinstance(raw, dict):
+            url = self.field({"status_page": raw}, "status_page", path[:-1], _url)
+            return None if url is None else PageSpec(url)
+        data = self.mapping(raw, path, frozenset({"url", "format", "components", "max_body_bytes"}))
+        if "url" not in data:
+            self.err(path, 'missing required key "url"')
+            return None
+        url = self.field(data, "url", path, _url)
+        fmt = self.field(data, "format", path, _choice(FORMATS), "auto")
+        components = self.field(data, "components", path, _str_list, ())
+        max_bytes = self.field(data, "max_body_bytes", path, parse_size)
+        return None if url is None else PageSpec(url, fmt, components, max_bytes)
 
     def maintenance(self, raw: Any, path: KeyPath) -> tuple[Maintenance, ...]:
         if raw is None:

@@ -17,7 +17,7 @@ import stamina
 from aiohttp import web
 
 from monitor import loop as event_loop
-from monitor import server, shard, statuspage, systemd
+from monitor import server, shard, statuspage, systemd, vendorlog
 from monitor.availability import WINDOWS
 from monitor.config import Config, ConfigError, database_path, load_file
 from monitor.live import LiveState
@@ -28,7 +28,7 @@ from monitor.pipeline import Pipeline, restart_gap_events
 from monitor.probes import Prober
 from monitor.redact import Redactor
 from monitor.scheduler import Scheduler
-from monitor.store import Store
+from monitor.store import StorageError, Store
 from monitor.webconfig import WebConfig, WebConfigError, load_web_config
 
 log = logging.getLogger("aipulse")
@@ -52,6 +52,8 @@ class Daemon:
         self._reload_lock = asyncio.Lock()
         self.sd = systemd.SystemdNotifier()  # no-op unless started by systemd (NOTIFY_SOCKET)
         self._runner: web.AppRunner | None = None
+        self._vendor_logged: dict[str, vendorlog.VendorSnapshot] = {}  # last stored, per service
+        self._vendor_writes: set[asyncio.Task[None]] = set()
 
     def stop(self) -> None:
         self._stop.set()
@@ -109,6 +111,7 @@ class Daemon:
             self.sd.stopping()
             await scheduler.stop()
             await poller.stop()
+            await asyncio.gather(*self._vendor_writes, return_exceptions=True)
             await vendor_client.aclose()
             await pipeline.stop()
             heartbeat.cancel()
@@ -195,8 +198,8 @@ class Daemon:
                         titles={s.id: s.title for s in cfg.services})
 
     @staticmethod
-    def _vendor_pages(cfg: Config) -> dict[str, str]:
-        return {s.id: s.status_page for s in cfg.services if s.status_page}
+    def _vendor_pages(cfg: Config) -> dict[str, statuspage.PageSpec]:
+        return {s.id: s.status_page_spec for s in cfg.services if s.status_page_spec is not None}
 
     def _sd_status(self) -> str:
         states = Counter(stats.state for stats in self.live.checks.values())
@@ -215,8 +218,21 @@ class Daemon:
             await asyncio.sleep(HEARTBEAT_EVERY)
 
     def _vendor_update(self, service: str, vendor: statuspage.VendorStatus) -> None:
+        now = time.time()
         if (sstats := self.live.services.get(service)) is not None:
-            sstats.vendor_update(vendor, time.time())
+            sstats.vendor_update(vendor, now)
+        event = vendorlog.snapshot(service, vendor, now, self._vendor_logged.get(service))
+        if event is not None:  # the vendor's incidents, for /history (stored off the loop)
+            self._vendor_logged[service] = event
+            task = asyncio.get_running_loop().create_task(self._store_vendor(event))
+            self._vendor_writes.add(task)
+            task.add_done_callback(self._vendor_writes.discard)
+
+    async def _store_vendor(self, event: vendorlog.VendorSnapshot) -> None:
+        try:
+            await self.store.write([event])
+        except StorageError as exc:  # the store keeps it queued and retries
+            log.debug("storing the vendor snapshot of %s failed: %s", event.service, exc)
 
     def _on_missed(self, n: int) -> None:
         self.live.missed_intervals += n

@@ -222,7 +222,7 @@ class AipulseCollector(Collector):
                     component.add_metric([sid, labels[c.id], name, loc], 1.0 if c.status == name else 0.0)
             for name in COMPONENT_STATUSES:
                 overall.add_metric([sid, name, loc], 1.0 if vendor.overall == name else 0.0)
-            if vendor.source != "unknown":
+            if vendor.readable:  # an unreadable page says nothing about its incidents
                 incident.add_metric([sid, loc], 1.0 if vendor.incidents else 0.0)
             if sstats.detection_lead is not None:
                 lead.add_metric([sid, loc], sstats.detection_lead)

@@ -6,6 +6,8 @@
     GET /api/v1/status, /api/v1/outages   see monitor.api
     POST /-/reload reload the config (as SIGHUP does)
     GET /, /services/<id>   the HTML status page, see monitor.page
+    GET /history, /feed.atom   past windows beside the vendor's incidents, see monitor.history
+    GET /badge/<service>.svg, /badge/<service>/<check>.svg   SVG badges, see monitor.badge
 
 With a web config (monitor.webconfig), every path needs basic auth and TLS is served.
 """
@@ -20,7 +22,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client.registry import CollectorRegistry
 
-from monitor import api, page
+from monitor import api, badge, history, page
 from monitor.live import LiveState
 from monitor.metrics import render_parts
 from monitor.webconfig import WebConfig
@@ -115,6 +117,8 @@ def make_app(live: LiveState, registry: CollectorRegistry, db_path: str,
     app.router.add_get("/readyz", readyz)
     app.router.add_post("/-/reload", reload)
     page.add_routes(app)  # GET / and /services/<id>
+    history.add_routes(app)  # GET /history, /feed.atom
+    badge.add_routes(app)  # GET /badge/<service>.svg, /badge/<service>/<check>.svg
     return app
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from monitor.config import CheckConfig, Config, ConfigError, load_file, parse
+from monitor.vendorformats import PageSpec
 
 INVALID_DIR = Path(__file__).parent / "config" / "invalid"
 # The environment the invalid files are read with (variables come from here, not os.environ).
@@ -100,6 +101,17 @@ INVALID: dict[str, str] = {
     'bad-status-page.yaml': (
         'bad-status-page.yaml:3: services.demo.status_page: invalid URL "status.example.com" (must be '
         'http:// or https:// with a host)'
+    ),
+    'bad-status-page-format.yaml': (
+        'bad-status-page-format.yaml:5: services.demo.status_page.format: must be one of auto, statuspage, '
+        'incidentio, instatus, betterstack, rootly, gcloud, feed, got "atlassian"'
+    ),
+    'status-page-without-url.yaml': (
+        'status-page-without-url.yaml:3: services.demo.status_page: missing required key "url"'
+    ),
+    'unknown-status-page-key.yaml': (
+        'unknown-status-page-key.yaml:5: services.demo.status_page.component: unknown key "component" '
+        '(known: components, format, max_body_bytes, url)'
     ),
     'bad-status-range.yaml': (
         'bad-status-range.yaml:6: services.demo.checks.home.expect.status: invalid status "299-200" '
@@ -462,6 +474,26 @@ def test_top_level_keys() -> None:
     (service,) = cfg.services
     assert (service.id, service.title) == ("deepseek", "DeepSeek")
     assert service.status_page == "https://status.deepseek.com/api/v2/summary.json"
+    assert service.status_page_spec == PageSpec("https://status.deepseek.com/api/v2/summary.json")
+
+
+def test_status_page_with_format_and_components() -> None:
+    cfg = parse(textwrap.dedent("""\
+        services:
+          gemini:
+            status_page:
+              url: https://status.cloud.google.com/incidents.json
+              format: gcloud
+              components: [Vertex Gemini API]
+              max_body_bytes: 32MiB
+            checks:
+              api:
+                url: https://generativelanguage.googleapis.com/v1beta/models
+        """))
+    (service,) = cfg.services
+    assert service.status_page == "https://status.cloud.google.com/incidents.json"
+    assert service.status_page_spec == PageSpec("https://status.cloud.google.com/incidents.json", "gcloud",
+                                                ("Vertex Gemini API",), 32 * 1024 * 1024)
 
 
 @pytest.mark.parametrize(("listen", "host", "port"), [
