@@ -98,7 +98,7 @@ def url_secrets(url: str) -> set[str]:
     if not colon or not port.isdigit():
         host = hostport
     if not _public_host(host.strip("[]")):
-        parts |= {hostport, host}
+        parts |= {hostport, host, *hostport.split(":")}
     for key, value in parse_qsl(query, keep_blank_values=True):
         if key.lower() not in _SETTINGS:
             parts.add(value)
@@ -134,8 +134,9 @@ def check_apprise_url(url: str) -> None:
 
 def _quiet_libraries() -> None:
     """Apprise and urllib3 log request URLs (tokens included) at debug level: their
-    records never reach our handlers. What Apprise says comes back in its result."""
-    for name in ("apprise", "urllib3"):
+    records never reach our handlers (nor those of python-markdown, chatty at debug).
+    What Apprise says comes back in its result."""
+    for name in ("apprise", "urllib3", "MARKDOWN"):
         logger = logging.getLogger(name)
         if logger.propagate:
             logger.propagate = False
@@ -205,7 +206,7 @@ class _Target:
     timer_due: float = 0.0
     in_flight: bool = False
     overflowing: bool = False  # a drop was logged; reset once the queue drains
-    last_attempt: float = float("-inf")  # loop time
+    last_attempt: float = float("-inf")  # loop time the last attempt ended
     closing: bool = False
 
     def depth(self) -> None:
@@ -314,7 +315,7 @@ class TargetNotifier:
         return ServiceInfo(
             title=s.service.title if s is not None else service,
             status=s.status if s is not None else None,
-            vendor=s.vendor if s is not None and s.service.status_page else None,
+            vendor=s.vendor if s is not None else None,
             link=f"{public}/services/{quote(service)}" if public else None,
             location=self._config.location,
         )
@@ -371,10 +372,12 @@ class TargetNotifier:
                 with attempt:
                     attempts = attempt.num
                     wait = t.last_attempt + self._min_interval - loop.time()
-                    if wait > 0:  # the per-target rate limit
+                    if wait > 0:  # the per-target rate limit, from the end of the last attempt
                         await asyncio.sleep(wait)
-                    t.last_attempt = loop.time()
-                    outcome = await loop.run_in_executor(self._executor(), t.channel.send, message)
+                    try:
+                        outcome = await loop.run_in_executor(self._executor(), t.channel.send, message)
+                    finally:
+                        t.last_attempt = loop.time()
                     if not outcome.ok:
                         log.debug("notify %s: attempt %d failed: %s", describe(cfg), attempts, outcome.detail)
                         raise AttemptFailed(outcome.detail)
