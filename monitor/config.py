@@ -739,7 +739,7 @@ def _target_kinds(value: Any) -> frozenset[str]:
 
 def _apprise_url(value: Any) -> str:
     """An Apprise URL (mailto://, slack://, ntfy://, json://, ...), checked by Apprise itself."""
-    from monitor.delivery import check_apprise_url  # Apprise loads only when targets are configured
+    from monitor.apprise_url import check_apprise_url  # Apprise loads only when targets are configured
 
     text = _str(value)
     check_apprise_url(text)

@@ -17,7 +17,8 @@ LiveState (aipulse_notifications_total{target, result}, aipulse_notification_que
 Secrets: a target URL holds tokens (in its path, user, password, query, even its
 "host": tgram://BOTTOKEN/...). No URL is ever logged or printed; a target is named by
 its `name` and scheme. What Apprise says about a delivery comes back in its result and
-passes a Redactor holding every part of the URL that could be a secret (`url_secrets`)
+passes a Redactor holding every part of the URL that could be a secret
+(monitor.apprise_url.url_secrets)
 and every ${VAR} value; Apprise's and urllib3's own loggers (which print URLs at debug
 level) are cut off from ours.
 """
@@ -26,26 +27,23 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import ipaddress
 import logging
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, quote, unquote, urlsplit
+from typing import Any
+from urllib.parse import quote, urlsplit
 
 import stamina
 
+from monitor.apprise_url import asset, quiet_libraries, url_secrets
 from monitor.config import Config, TargetConfig
 from monitor.grouping import Grouper, Route
 from monitor.live import LiveState, TargetStats
 from monitor.messages import Message, ServiceInfo, notify_test_message, render
 from monitor.outage import OutageWindow, WindowClosed, WindowOpened
 from monitor.redact import Redactor
-
-if TYPE_CHECKING:
-    import apprise
 
 log = logging.getLogger("aipulse.notify")
 
@@ -55,9 +53,6 @@ ATTEMPT_TIMEOUT = 30.0  # seconds Apprise may take for one attempt
 MAX_BACKOFF = 60.0
 MAX_WORKERS = 16  # threads; one per target sending at the moment
 _DETAIL = 300  # characters of what a service answered, in a log line or notify-test
-# Query parameters of Apprise URLs whose values are settings, never secrets.
-_SETTINGS = frozenset({"format", "mode", "priority", "overflow", "method", "verify", "image", "cto", "rto",
-                       "retry", "wait", "optional", "markdown", "tags", "discovery", "avatar", "footer"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,86 +77,17 @@ def describe(target: TargetConfig) -> str:
     return f"{target.name} ({scheme})"
 
 
-def url_secrets(url: str) -> set[str]:
-    """Every part of an Apprise URL that may be a secret: user, password, path
-    segments, query values (settings aside), fragment, and the host unless it is an
-    address or a domain name (tgram://BOTTOKEN/..., ntfy://TOPIC); also decoded."""
-    _, sep, rest = url.partition("://")
-    if not sep:
-        return {url}
-    rest, _, fragment = rest.partition("#")
-    rest, _, query = rest.partition("?")
-    netloc, _, path = rest.partition("/")
-    userinfo, _, hostport = netloc.rpartition("@")
-    parts = {url, rest, fragment, path, userinfo, *userinfo.split(":"), *path.split("/")}
-    host, colon, port = hostport.rpartition(":")
-    if not colon or not port.isdigit():
-        host = hostport
-    if not _public_host(host.strip("[]")):
-        parts |= {hostport, host, *hostport.split(":")}
-    for key, value in parse_qsl(query, keep_blank_values=True):
-        if key.lower() not in _SETTINGS:
-            parts.add(value)
-    return {p for p in parts | {unquote(p) for p in parts} if p}
-
-
-def _public_host(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        return "." in host or host == "localhost"
-
-
-def check_apprise_url(url: str) -> None:
-    """Raise ValueError (with a text fit to show: no URL in it) unless Apprise can use `url`."""
-    _quiet_libraries()
-    import apprise
-
-    scheme = urlsplit(url).scheme.lower() if "://" in url else ""
-    if not scheme:
-        raise ValueError("not an Apprise URL (e.g. mailtos://, slack://, ntfys://, json://)")
-    if scheme not in apprise.manager_plugins.NotificationManager().schemas():
-        raise ValueError(f'unknown Apprise scheme "{scheme}://" (see https://appriseit.com/services/)')
-    with apprise.LogCapture(level=logging.WARNING, fmt="%(message)s") as said:
-        plugin = apprise.Apprise.instantiate(url, asset=_asset())
-    if plugin is None:
-        # The first line says why ("An invalid Slack (second) Token..."); then "Could not load".
-        why = said.getvalue().strip().splitlines()[0] if said.getvalue().strip() else ""
-        raise ValueError(f"Apprise cannot use this {scheme}:// URL"
-                         + (f": {Redactor(frozenset(url_secrets(url)))(why)[:_DETAIL]}" if why else ""))
-
-
-def _quiet_libraries() -> None:
-    """Apprise and urllib3 log request URLs (tokens included) at debug level: their
-    records never reach our handlers (nor those of python-markdown, chatty at debug).
-    What Apprise says comes back in its result."""
-    for name in ("apprise", "urllib3", "MARKDOWN"):
-        logger = logging.getLogger(name)
-        if logger.propagate:
-            logger.propagate = False
-            logger.addHandler(logging.NullHandler())
-
-
-def _asset() -> apprise.AppriseAsset:
-    import apprise
-
-    # In memory only: under systemd our home and most of the disk are read-only.
-    return apprise.AppriseAsset(app_id="aipulse", app_desc="aipulse outage notifications",
-                                storage_mode="memory")
-
-
 class Channel:
     """One target's Apprise object. `send` blocks: call it in a worker thread, one
     call at a time per Channel."""
 
     def __init__(self, target: TargetConfig, secrets: Iterable[str] = ()) -> None:
-        _quiet_libraries()
+        quiet_libraries()
         import apprise
 
         self.target = target
         self.redact = Redactor(frozenset(secrets) | url_secrets(target.url))
-        self._apprise = apprise.Apprise(asset=_asset())
+        self._apprise = apprise.Apprise(asset=asset())
         if not self._apprise.add(target.url):  # validated with the config; a bug if it happens
             raise ValueError(f"target {describe(target)}: Apprise cannot use its URL")
 

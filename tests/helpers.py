@@ -77,14 +77,15 @@ class RunningDaemon:
 
 @contextmanager
 def start_daemon(config: dict[str, Any], tmp_path: Path, db: Path | None = None,
-                 log_name: str = "daemon.log", **client: Any) -> Iterator[RunningDaemon]:
-    """`aipulse run` in a subprocess on a free port, ready when /readyz says so."""
+                 log_name: str = "daemon.log", cli_args: tuple[str, ...] = (),
+                 **client: Any) -> Iterator[RunningDaemon]:
+    """`aipulse [cli_args] run` in a subprocess on a free port, ready when /readyz says so."""
     port = free_port()
     config = {"listen": f"127.0.0.1:{port}", **config}
     cfg = tmp_path / "config.yaml"
     cfg.write_text(yaml.safe_dump(config))
     log = tmp_path / log_name
-    args = [sys.executable, "-m", "monitor.cli", "run", "-c", str(cfg)]
+    args = [sys.executable, "-m", "monitor.cli", *cli_args, "run", "-c", str(cfg)]
     if db is not None:
         args += ["--db", str(db)]
     with log.open("w") as out:

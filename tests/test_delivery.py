@@ -17,8 +17,9 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from receivers import HttpReceiver, http_receiver, smtp_receiver, until
 
+from monitor.apprise_url import url_secrets
 from monitor.config import Config, parse
-from monitor.delivery import Notifications, TargetNotifier, url_secrets
+from monitor.delivery import Notifications, TargetNotifier
 from monitor.live import LiveState
 from monitor.metrics import make_registry, render
 from monitor.outage import OutageWindow, WindowClosed, WindowOpened
