@@ -19,6 +19,8 @@ reload) is announced when it lasted `min_duration`: exactly then was its opening
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -77,6 +79,10 @@ class Grouper:
         self.route = route  # may be replaced (a reload); applies from the next event / due()
         self.group_wait = group_wait
         self._held: dict[WindowKey, OutageWindow] = {}  # opened, waiting for min_duration
+        # The held windows by start (= by ripe time, whatever min_duration is), so that a
+        # mass outage costs O(log n) per window; entries no longer held are skipped.
+        self._starts: list[tuple[float, int, WindowKey]] = []
+        self._seq = itertools.count()
         self._groups: dict[str, _Group] = {}  # service -> the group being gathered
 
     def add(self, event: WindowOpened | WindowClosed, now: float, removed: bool = False) -> None:
@@ -90,7 +96,7 @@ class Grouper:
             if ripe <= now:
                 self._group(w.service, now).opened[key] = w
             else:
-                self._held[key] = w
+                self._hold(key, w)
             return
         lasted = (w.end if w.end is not None else now) - w.start
         held = self._held.pop(key, None)
@@ -110,12 +116,16 @@ class Grouper:
         than min_duration were not announced yet and are held; older ones were."""
         for w in windows:
             if self.route.wants(w) and w.end is None and w.start + self.route.min_duration > now:
-                self._held[window_key(w)] = w
+                self._hold(window_key(w), w)
 
     def next_due(self) -> float | None:
         """When `due` will next have something to say (None: nothing pending)."""
         times = [g.due for g in self._groups.values()]
-        times += [w.start + self.route.min_duration for w in self._held.values()]
+        starts = self._starts
+        while starts and starts[0][2] not in self._held:
+            heapq.heappop(starts)
+        if starts:
+            times.append(starts[0][0] + self.route.min_duration)
         return min(times, default=None)
 
     def due(self, now: float) -> list[Digest]:
@@ -144,12 +154,16 @@ class Grouper:
 
     def _promote(self, now: float) -> None:
         """Held windows that have lasted min_duration by `now` join their service's group."""
-        for key, w in list(self._held.items()):
-            ripe = w.start + self.route.min_duration
-            if ripe <= now:
-                del self._held[key]
-                if self.route.wants(w):  # the route may have changed meanwhile
-                    self._group(w.service, ripe).opened[key] = w
+        starts = self._starts
+        while starts and starts[0][0] + self.route.min_duration <= now:
+            start, _, key = heapq.heappop(starts)
+            w = self._held.pop(key, None)
+            if w is not None and self.route.wants(w):  # the route may have changed meanwhile
+                self._group(w.service, start + self.route.min_duration).opened[key] = w
+
+    def _hold(self, key: WindowKey, w: OutageWindow) -> None:
+        self._held[key] = w
+        heapq.heappush(self._starts, (w.start, next(self._seq), key))
 
     def _group(self, service: str, at: float) -> _Group:
         group = self._groups.get(service)

@@ -143,3 +143,17 @@ def test_a_changed_route_applies_to_held_windows() -> None:
     g.route = Route(min_duration=20)  # a reload
     assert g.next_due() == T0 + 20
     assert g.due(T0 + 20) == [Digest("deepseek", opened=(api,))]
+
+
+def test_a_mass_outage_held_for_min_duration_ripens_into_one_digest() -> None:
+    g = Grouper(Route(min_duration=60), group_wait=30)
+    windows = [down(f"c{i:04d}", T0 + i * 0.005) for i in range(3000)]  # 15 s apart at most
+    for i, w in enumerate(windows):
+        g.add(WindowOpened(w), now=T0 + 20 + i * 0.005)
+    assert g.next_due() == T0 + 60
+    now, digests = T0 + 60, []
+    while (due := g.next_due()) is not None:  # as the timer would come back
+        now = max(now, due)
+        digests += g.due(now)
+    assert [len(d.opened) for d in digests] == [3000]
+    assert now == T0 + 90  # the first ripened at T0 + 60, its group waited 30 s
