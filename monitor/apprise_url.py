@@ -17,9 +17,11 @@ if TYPE_CHECKING:
     import apprise
 
 _DETAIL = 300  # characters of what Apprise says, in an error
-# Query parameters of Apprise URLs whose values are settings, never secrets.
+# Query parameters of Apprise URLs whose values are settings or addresses, never secrets
+# (a value from ${VAR} is redacted wherever it is).
 _SETTINGS = frozenset({"format", "mode", "priority", "overflow", "method", "verify", "image", "cto", "rto",
-                       "retry", "wait", "optional", "markdown", "tags", "discovery", "avatar", "footer"})
+                       "retry", "wait", "optional", "markdown", "tags", "discovery", "avatar", "footer",
+                       "to", "from", "cc", "bcc", "smtp"})
 
 
 def url_secrets(url: str) -> set[str]:

@@ -18,6 +18,7 @@ from receivers import HttpReceiver, http_receiver_thread
 from targets import Target
 
 from monitor.cli import main
+from monitor.config import parse
 
 SECRET = "hook-7d1e2f3a4b5c"  # the receiver's token, in the target URL via ${HOOK_TOKEN}
 LITERAL = "LiteralPathToken9x"  # written straight into the URL
@@ -148,3 +149,18 @@ def test_notify_test_prints_what_each_target_answered(rec: HttpReceiver, tmp_pat
     cfg.write_text(yaml.safe_dump(doc))
     status, _, err = notify_test(capsys, cfg)
     assert (status, err.strip()) == (1, f"{cfg}: no notify.targets to test")
+
+
+def test_the_readme_notify_examples_are_a_valid_config(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme[readme.index("### Notifications"):]
+    example = section[section.index("```yaml\n") + 8:section.index("```\n")]
+    doc = yaml.safe_load(example)
+    doc["services"] = {sid: {"checks": {"api": {"url": "https://example.com/"}}}
+                       for sid in ("openai", "anthropic")}
+    (tmp_path / "slack-webhook").write_text("T1JJ3T3L2/A1BRTD4JD/TIiajkdnlazkcOXrIdevi7\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    cfg = parse(yaml.safe_dump(doc), "README.md", env={"SMTP_PASSWORD": "pw", "NTFY_TOPIC": "x1"})
+    assert [t.name for t in cfg.targets] == ["oncall-mail", "team-slack", "phone"]
+    assert cfg.targets[0].min_duration == 120 and cfg.targets[1].services == {"openai", "anthropic"}
