@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -41,6 +42,16 @@ def wait_for(fn: Callable[[], T], timeout: float = 10.0, every: float = 0.02) ->
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s (last value {value!r})")
         time.sleep(every)
+
+
+async def until(fn: Callable[[], T], timeout: float = 15.0, every: float = 0.01) -> T:
+    """`wait_for` on the running event loop: await until `fn()` is truthy."""
+    deadline = time.monotonic() + timeout
+    while not (value := fn()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s (last value {value!r})")
+        await asyncio.sleep(every)
+    return value
 
 
 def free_port() -> int:

@@ -11,7 +11,7 @@ import json
 import time
 import warnings
 from collections import defaultdict, deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -183,12 +183,3 @@ async def smtp_receiver(password: str | None = None) -> AsyncIterator[SmtpReceiv
         server.close()
         await server.wait_closed()
 
-
-async def until(fn: Callable[[], Any], timeout: float = 15.0) -> Any:
-    """Poll `fn` on the running loop until it is truthy; fail after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while not (value := fn()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s (last value {value!r})")
-        await asyncio.sleep(0.01)
-    return value

@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 import yaml
+from helpers import until
 from prometheus_client.parser import text_string_to_metric_families
-from receivers import HttpReceiver, http_receiver, smtp_receiver, until
+from receivers import HttpReceiver, http_receiver, smtp_receiver
 
 from monitor.apprise_url import url_secrets
 from monitor.config import Config, parse
