@@ -7,9 +7,10 @@
                      and joins the target's bounded queue; a full queue drops its
                      oldest message and counts it
     one task per target   takes its queue in order, at most one message per
-                     MIN_INTERVAL, and hands each to Apprise in a worker thread
-                     (Apprise is synchronous); a failed attempt is retried with
-                     backoff and jitter (stamina), then given up with one log line
+                     MIN_INTERVAL (and Apprise keeps its own pace per service), and
+                     hands each to Apprise in a worker thread (Apprise is
+                     synchronous); a failed attempt is retried with backoff and
+                     jitter (stamina), then given up with one log line
 
 Targets run in parallel: a slow or dead one delays only its own queue. Counts go to
 LiveState (aipulse_notifications_total{target, result}, aipulse_notification_queue_depth).
@@ -17,10 +18,9 @@ LiveState (aipulse_notifications_total{target, result}, aipulse_notification_que
 Secrets: a target URL holds tokens (in its path, user, password, query, even its
 "host": tgram://BOTTOKEN/...). No URL is ever logged or printed; a target is named by
 its `name` and scheme. What Apprise says about a delivery comes back in its result and
-passes a Redactor holding every part of the URL that could be a secret
-(monitor.apprise_url.url_secrets)
-and every ${VAR} value; Apprise's and urllib3's own loggers (which print URLs at debug
-level) are cut off from ours.
+passes a Redactor holding every part of the URL that could be a secret (see
+monitor.apprise_url.url_secrets) and every ${VAR} value; Apprise's and urllib3's own
+loggers (which print URLs at debug level) are cut off from ours.
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ class _Target:
     last_attempt: float = float("-inf")  # loop time the last attempt ended
     closing: bool = False
 
-    def depth(self) -> None:
+    def count_queue(self) -> None:
         self.stats.queued = len(self.queue) + self.in_flight
 
 
@@ -160,7 +160,7 @@ class TargetNotifier:
 
     def configure(self, config: Config) -> None:
         """Adopt a config's targets. A target whose settings changed keeps its queue and
-        groups; a removed one is stopped (its undelivered messages counted as dropped)."""
+        groups; a removed one is stopped (what it had not sent is logged and lost)."""
         self._config = config
         if config.targets:
             stamina.instrumentation.set_on_retry_hooks([])  # we log one line per message given up
@@ -173,7 +173,7 @@ class TargetNotifier:
                             self._live.notifications.get(tc.name) or TargetStats())
                 t.grouper.restore(self._open_windows(), time.time())
             elif t.config != tc or t.grouper.group_wait != config.group_wait:
-                if t.config.url != tc.url:
+                if t.config != tc:  # the next message goes through the new settings
                     t.channel = Channel(tc, config.secrets)
                 t.config, t.grouper.route, t.grouper.group_wait = tc, route, config.group_wait
             self._targets[tc.name] = t
@@ -206,8 +206,11 @@ class TargetNotifier:
                    and (w.service, w.check) not in self._live.checks)
         now = time.time()
         for t in self._targets.values():
-            t.grouper.add(event, now, removed=removed)
-            self._schedule(t)
+            try:
+                t.grouper.add(event, now, removed=removed)
+                self._schedule(t)
+            except Exception:  # a bug here must not stop the pipeline publishing the rest
+                log.exception("notify %s: internal error taking a window event", describe(t.config))
 
     # -- grouping timers ----------------------------------------------------------------
 
@@ -229,10 +232,13 @@ class TargetNotifier:
         t.timer_due = due
         t.timer = loop.call_later(max(0.0, due - time.time()), self._flush, t)
 
-    def _flush(self, t: _Target, now: float | None = None) -> None:
+    def _flush(self, t: _Target) -> None:
         t.timer = None
-        for digest in t.grouper.due(time.time() if now is None else now):
-            self._enqueue(t, render(digest, self._info(digest.service)))
+        try:
+            for digest in t.grouper.due(time.time()):
+                self._enqueue(t, render(digest, self._info(digest.service)))
+        except Exception:  # a bug here must not stop this target's later messages
+            log.exception("notify %s: internal error making a message", describe(t.config))
         self._schedule(t)
 
     def _info(self, service: str) -> ServiceInfo:
@@ -257,7 +263,7 @@ class TargetNotifier:
                 log.warning("notify %s: queue full (%d messages), dropping the oldest",
                             describe(t.config), self._max_queue)
         t.queue.append(message)
-        t.depth()
+        t.count_queue()
         t.wakeup.set()
         if t.task is None:
             t.task = asyncio.get_running_loop().create_task(
@@ -276,7 +282,7 @@ class TargetNotifier:
                     log.exception("notify %s: internal error", describe(t.config))
                 finally:
                     t.in_flight = False
-                    t.depth()
+                    t.count_queue()
             if t.overflowing:
                 log.warning("notify %s: queue drained; %d message(s) were dropped meanwhile",
                             describe(t.config), t.stats.dropped)
