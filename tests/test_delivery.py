@@ -324,3 +324,23 @@ def test_url_secrets_cover_tokens_wherever_apprise_urls_put_them() -> None:
     assert "ntfy.example.org" not in redacted("ntfys://ntfy.example.org/topic")
     assert "mytopic" in redacted("ntfy://mytopic")  # ntfy.sh: the "host" is the topic
 
+
+
+async def test_after_a_restart_only_windows_not_yet_announced_are_announced(rec: HttpReceiver) -> None:
+    """Windows open when the daemon starts again: one younger than min_duration had not
+    been announced before the restart and is, once it lasted min_duration; an older one
+    had been, and is not again."""
+    cfg = make_config([{"name": "hook", "url": f"json://{rec.url}/hook", "min_duration": "500ms"}],
+                      checks={"young": ["api"], "old": ["api"]}, group_wait="0s")
+    async with scripted(cfg) as s:
+        now = time.time()
+        young = OutageWindow("young", "api", "down", now - 0.2, reason="timeout", severity="major_outage")
+        old = OutageWindow("old", "api", "down", now - 60, reason="timeout", severity="major_outage")
+        s.pipeline.restore([young, old], [young, old], [], [], {}, last_seen=now)
+        s.targets.restore()  # as the daemon does after the pipeline's restore
+        await until(lambda: rec.delivered())
+        assert time.time() - young.start >= 0.5 - 0.05
+        await s.pipeline.commit([WindowClosed(replace(old, end=old.start + 90))])
+        await until(lambda: len(rec.delivered()) == 2)
+    assert [r.json["title"] for r in rec.delivered()] == [
+        "Young: api down", "Old: api back up after 1m 30s"]
