@@ -157,7 +157,7 @@ async def test_a_scripted_outage_reaches_json_ntfy_slack_style_and_mail_receiver
             assert "- api: down for " in closing["message"]
             assert rec.delivered(f"/hooks/{SECRET}")[1].json["text"].startswith(closing["title"])
             await until(lambda: s.metric("aipulse_notifications_total", target="mail", result="sent") == 1)
-            assert s.metric("aipulse_notifications_total", target="hook", result="sent") == 2
+            await until(lambda: s.metric("aipulse_notifications_total", target="hook", result="sent") == 2)
             assert s.metric("aipulse_notification_queue_depth", target="mail") == 0
             assert len(smtp.mails) == 1 and len(rec.delivered("/")) == 1  # kinds: [down]
     for record in logs.records:
@@ -243,7 +243,7 @@ async def test_a_slow_target_does_not_delay_another(rec: HttpReceiver) -> None:
         await s.probe([("openai", "api")], Reason.HTTP_5XX)
         await until(lambda: len(rec.delivered("/fast")) == 2)  # while the first is still hanging
         assert [r.action for r in rec.requests if r.path == "/slow"] == ["hang"]
-        assert s.metric("aipulse_notification_queue_depth", target="slow") == 2
+        await until(lambda: s.metric("aipulse_notification_queue_depth", target="slow") == 2)
         rec.release.set()
         await until(lambda: len(rec.delivered("/slow")) == 2)
         assert [r.json["title"] for r in rec.delivered("/slow")] == ["DeepSeek: api down", "Openai: api down"]
