@@ -1,4 +1,4 @@
-"""Command line: `aipulse run | check-config | once | outages | demo | --version`."""
+"""Command line: `aipulse run | check-config | once | outages | notify-test | demo | --version`."""
 
 from __future__ import annotations
 
@@ -78,6 +78,12 @@ def _parser() -> argparse.ArgumentParser:
     outages.add_argument("--check", help="only this check")
     outages.add_argument("--json", action="store_true", help="print JSON instead of a table")
     outages.set_defaults(func=cmd_outages)
+
+    ntest = sub.add_parser("notify-test", help="send a test message to each notify target (or one) and "
+                           "print what each answered")
+    with_config(ntest)
+    ntest.add_argument("target", nargs="?", help="only this target (its name)")
+    ntest.set_defaults(func=cmd_notify_test)
 
     demo = sub.add_parser("demo", help="offline demo: watch a simulated AI provider replay DeepSeek's "
                           "January 2025 incident")
@@ -259,6 +265,33 @@ def cmd_outages(args: argparse.Namespace) -> int:
     if not rows:
         print(f"no outage windows since {rfc3339(since)}")
     return 0
+
+
+def cmd_notify_test(args: argparse.Namespace) -> int:
+    from monitor.delivery import describe, send_tests
+
+    cfg = _load(args)
+    if cfg is None:
+        return 1
+    if not cfg.targets:
+        print(f"{cfg.path}: no notify.targets to test", file=sys.stderr)
+        return 1
+    names = [t.name for t in cfg.targets]
+    if args.target is not None and args.target not in names:
+        print(f'aipulse notify-test: no target named "{_printable(args.target)}" in {cfg.path} '
+              f"(targets: {', '.join(names)})", file=sys.stderr)
+        return 2
+    results = send_tests(cfg, None if args.target is None else [args.target])
+    table = [("TARGET", "RESULT", "TIME", "ANSWER")]
+    for target, outcome in results:
+        table.append((describe(target), "sent" if outcome.ok else "failed", f"{outcome.elapsed:.2f}s",
+                      outcome.detail or "-"))
+    print(_columns(table))
+    return 0 if all(outcome.ok for _, outcome in results) else 1
+
+
+def _printable(text: str) -> str:
+    return text.encode("unicode_escape").decode("ascii")
 
 
 def _columns(rows: list[tuple[str, ...]]) -> str:

@@ -207,6 +207,22 @@ class WebhookConfig:
     retry_initial: float = 1.0  # first backoff; doubles (with jitter) up to 5 minutes
 
 
+TARGET_KINDS = ("down", "degraded", "closed")
+
+
+@dataclass(frozen=True, slots=True)
+class TargetConfig:
+    """Where people hear of outages (notify.targets[]): an Apprise URL and what to send there."""
+
+    name: str  # the `target` label of aipulse_notifications_total
+    url: str = field(repr=False)  # an Apprise URL; may hold tokens: never logged or shown
+    services: frozenset[str] | None = None  # None: every service
+    kinds: frozenset[str] = frozenset(TARGET_KINDS)
+    min_duration: float = 0.0  # a window shorter than this is never announced
+    max_attempts: int = 5
+    retry_initial: float = 2.0  # first backoff; doubles (with jitter) up to a minute
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     path: str
@@ -220,6 +236,9 @@ class Config:
     per_host_rate: float = 20.0
     services: tuple[ServiceConfig, ...] = ()
     webhooks: tuple[WebhookConfig, ...] = ()
+    targets: tuple[TargetConfig, ...] = ()  # notify.targets: Apprise URLs
+    group_wait: float = 30.0  # notify.group_wait: one service's events within it make one message
+    public_url: str | None = None  # where people reach our status page (links in messages)
     status_page_interval: float = 120.0  # how often vendor status pages are polled
     web_config: str | None = None  # exporter-toolkit web config (TLS, basic auth) for our endpoints
     secrets: frozenset[str] = frozenset()
@@ -347,7 +366,7 @@ class _Validator:
 
     def config(self) -> Config:
         top_keys = frozenset({"listen", "location", "storage", "limits", "defaults", "services", "notify",
-                              "status_page_interval", "web_config"})
+                              "status_page_interval", "web_config", "public_url"})
         data = self.mapping(self.src.data, (), top_keys)
         host, port = self.field(data, "listen", (), lambda v: parse_listen(_str(v)),
                                 parse_listen(DEFAULT_LISTEN))
@@ -361,6 +380,10 @@ class _Validator:
         per_host_rate = self.field(limits, "per_host_rate", ("limits",), _positive_number, 20.0)
         services = self.services(data, defaults)
         webhooks = self.webhooks(data)
+        targets = self.targets(data, {s.id for s in services})
+        group_wait = self.field(self.mapping(data.get("notify"), ("notify",), None), "group_wait",
+                                ("notify",), _non_negative_duration, 30.0)
+        public_url = self.field(data, "public_url", (), lambda v: _url(v).rstrip("/"))
         status_page_interval = self.field(data, "status_page_interval", (), _duration, 120.0)
         web_config = self.field(data, "web_config", (), lambda v: str(Path(self.src.name).parent / _str(v)))
         if not self.errors and not any(s.checks for s in services) and not self.src.missing:
@@ -379,6 +402,9 @@ class _Validator:
             per_host_rate=per_host_rate,
             services=tuple(services),
             webhooks=webhooks,
+            targets=targets,
+            group_wait=group_wait,
+            public_url=public_url,
             status_page_interval=status_page_interval,
             web_config=web_config,
             secrets=frozenset(self.src.secrets).union(*(
@@ -466,7 +492,8 @@ class _Validator:
         return tuple(out)
 
     def webhooks(self, data: Mapping[str, Any]) -> tuple[WebhookConfig, ...]:
-        notify = self.mapping(data.get("notify"), ("notify",), frozenset({"webhooks"}))
+        notify = self.mapping(data.get("notify"), ("notify",),
+                              frozenset({"webhooks", "targets", "group_wait"}))
         raw = notify.get("webhooks")
         if raw is None:
             return ()
@@ -489,6 +516,46 @@ class _Validator:
                 timeout=self.field(item, "timeout", ipath, _duration, 5.0),
                 max_attempts=self.field(item, "max_attempts", ipath, _positive_int, 8),
                 retry_initial=self.field(item, "retry_initial", ipath, _duration, 1.0),
+            ))
+        return tuple(out)
+
+    def targets(self, data: Mapping[str, Any], services: set[str]) -> tuple[TargetConfig, ...]:
+        notify = data.get("notify")
+        raw = notify.get("targets") if isinstance(notify, dict) else None
+        if raw is None:
+            return ()
+        path: KeyPath = ("notify", "targets")
+        if not isinstance(raw, list):
+            self.err(path, f"must be a list of targets, got {_kind(raw)}")
+            return ()
+        keys = frozenset({"name", "url", "services", "kinds", "min_duration", "max_attempts",
+                          "retry_initial"})
+        out: list[TargetConfig] = []
+        for i, item in enumerate(raw):
+            ipath: KeyPath = (*path, i)
+            item = self.mapping(item, ipath, keys)
+            if not item:
+                continue
+            missing = [k for k in ("name", "url") if k not in item]
+            if missing:
+                self.err(ipath, f'missing required key "{missing[0]}"')
+                continue
+            name = self.field(item, "name", ipath, _target_name)
+            if name is not None and any(t.name == name for t in out):
+                self.err((*ipath, "name"), f'duplicate target name "{name}"')
+            url = self.field(item, "url", ipath, _apprise_url)
+            wanted = self.field(item, "services", ipath, _id_set)
+            for sid in sorted(wanted or ()):
+                if sid not in services:
+                    self.err((*ipath, "services"), f'unknown service "{sid}"')
+            kinds = self.field(item, "kinds", ipath, _target_kinds, frozenset(TARGET_KINDS))
+            if name is None or url is None:
+                continue
+            out.append(TargetConfig(
+                name=name, url=url, services=wanted, kinds=kinds,
+                min_duration=self.field(item, "min_duration", ipath, _non_negative_duration, 0.0),
+                max_attempts=self.field(item, "max_attempts", ipath, _positive_int, 5),
+                retry_initial=self.field(item, "retry_initial", ipath, _duration, 2.0),
             ))
         return tuple(out)
 
@@ -721,6 +788,44 @@ def _duration(value: Any) -> float:
     if seconds <= 0:
         raise ValueError(f'invalid duration "{value}" (must be more than 0)')
     return seconds
+
+
+def _non_negative_duration(value: Any) -> float:
+    """A duration that may be 0 (`0s`: no wait)."""
+    if isinstance(value, str) and parse_duration(value) == 0:
+        return 0.0
+    return _duration(value)
+
+
+def _target_name(value: Any) -> str:
+    text = _str(value)
+    if not ID.fullmatch(text):
+        raise ValueError(f'invalid target name "{text}" (use lowercase letters, digits, _ and -)')
+    return text
+
+
+def _id_set(value: Any) -> frozenset[str]:
+    if not isinstance(value, list) or not value:
+        raise ValueError("must be a list of service ids")
+    return frozenset(_str(v) for v in value)
+
+
+def _target_kinds(value: Any) -> frozenset[str]:
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"must be a list of {', '.join(TARGET_KINDS)}")
+    kinds = frozenset(_choice(TARGET_KINDS)(v) for v in value)
+    if not kinds & {"down", "degraded"}:
+        raise ValueError("closed alone sends nothing: add down and/or degraded")
+    return kinds
+
+
+def _apprise_url(value: Any) -> str:
+    """An Apprise URL (mailto://, slack://, ntfy://, json://, ...), checked by Apprise itself."""
+    from monitor.apprise_url import check_apprise_url  # Apprise loads only when targets are configured
+
+    text = _str(value)
+    check_apprise_url(text)
+    return text
 
 
 def _positive_int(value: Any) -> int:

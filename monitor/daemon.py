@@ -20,6 +20,7 @@ from monitor import loop as event_loop
 from monitor import server, shard, statuspage, systemd, vendorlog
 from monitor.availability import WINDOWS
 from monitor.config import Config, ConfigError, database_path, load_file
+from monitor.delivery import Notifications, TargetNotifier
 from monitor.live import LiveState
 from monitor.metrics import make_registry
 from monitor.notify import Notifier
@@ -67,9 +68,11 @@ class Daemon:
         self.store = store = Store(self.db_path, cfg.results_retention)
         now = time.time()
         history = store.open(since=now - WINDOWS["30d"])
-        self.pipeline = pipeline = Pipeline(cfg, self.live, store, self._make_notifier(cfg))
+        self.notifications = Notifications(self._make_notifier(cfg), TargetNotifier(cfg, self.live))
+        self.pipeline = pipeline = Pipeline(cfg, self.live, store, self.notifications)
         orphans = pipeline.restore(history.open_windows, history.windows, history.transitions,
                                    history.gaps, history.first_seen, last_seen=history.heartbeat or now)
+        self.notifications.targets.restore()  # windows open at the restart, not yet announced
         await pipeline.commit([*orphans, *restart_gap_events(history.gaps, history.heartbeat, now)])
         if history.open_windows:
             log.info("resuming %d open windows", len(history.open_windows))
@@ -160,9 +163,10 @@ class Daemon:
         self.scheduler.set_checks(new.checks)
         await self.poller.update(self._vendor_pages(new))
         if new.webhooks != old.webhooks:
-            if self.pipeline.notifier is not None:
-                await self.pipeline.notifier.aclose(timeout=2.0)  # type: ignore[attr-defined]
-            self.pipeline.notifier = self._make_notifier(new)
+            if self.notifications.webhooks is not None:
+                await self.notifications.webhooks.aclose(timeout=2.0)
+            self.notifications.webhooks = self._make_notifier(new)
+        self.notifications.targets.configure(new)
         if "web_config" not in changed:
             self.web_config.users = web_config.users  # applies to the next request
             self.web_config._verified.clear()

@@ -132,6 +132,7 @@ class AipulseCollector(Collector):
             labels=["location"])
         storage.add_metric([loc], self.live.storage_errors)
         yield storage
+        yield from self._notifications()
         reload_ok = GaugeMetricFamily(
             "aipulse_config_last_reload_successful", "1 if the last config load succeeded.",
             labels=["location"])
@@ -140,6 +141,22 @@ class AipulseCollector(Collector):
         build = GaugeMetricFamily("aipulse_build_info", "aipulse version.", labels=["version", "location"])
         build.add_metric([__version__, loc], 1.0)
         yield build
+
+    def _notifications(self) -> Iterator[Metric]:
+        loc = self.location
+        total = CounterMetricFamily(
+            "aipulse_notifications",
+            "Messages to notify.targets: sent, failed (every attempt failed), dropped (queue full).",
+            labels=["target", "result", "location"])
+        depth = GaugeMetricFamily(
+            "aipulse_notification_queue_depth",
+            "Messages waiting for the target, the one being sent included.",
+            labels=["target", "location"])
+        for name, stats in self.live.notifications.items():
+            for result in ("sent", "failed", "dropped"):
+                total.add_metric([name, result, loc], getattr(stats, result))
+            depth.add_metric([name, loc], stats.queued)
+        yield from (total, depth)
 
     def _outages(self, check_labels: list[str]) -> Iterator[Metric]:
         loc, now = self.location, time.time()

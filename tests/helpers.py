@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -57,6 +58,16 @@ def wait_for(fn: Callable[[], T], timeout: float = 10.0, every: float = 0.02) ->
         time.sleep(every)
 
 
+async def until(fn: Callable[[], T], timeout: float = 15.0, every: float = 0.01) -> T:
+    """`wait_for` on the running event loop: await until `fn()` is truthy."""
+    deadline = time.monotonic() + timeout
+    while not (value := fn()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s (last value {value!r})")
+        await asyncio.sleep(every)
+    return value
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -91,14 +102,15 @@ class RunningDaemon:
 
 @contextmanager
 def start_daemon(config: dict[str, Any], tmp_path: Path, db: Path | None = None,
-                 log_name: str = "daemon.log", **client: Any) -> Iterator[RunningDaemon]:
-    """`aipulse run` in a subprocess on a free port, ready when /readyz says so."""
+                 log_name: str = "daemon.log", cli_args: tuple[str, ...] = (),
+                 **client: Any) -> Iterator[RunningDaemon]:
+    """`aipulse [cli_args] run` in a subprocess on a free port, ready when /readyz says so."""
     port = free_port()
     config = {"listen": f"127.0.0.1:{port}", **config}
     cfg = tmp_path / "config.yaml"
     cfg.write_text(yaml.safe_dump(config))
     log = tmp_path / log_name
-    args = [sys.executable, "-m", "monitor.cli", "run", "-c", str(cfg)]
+    args = [sys.executable, "-m", "monitor.cli", *cli_args, "run", "-c", str(cfg)]
     if db is not None:
         args += ["--db", str(db)]
     with log.open("w") as out:

@@ -256,7 +256,7 @@ INVALID: dict[str, str] = {
     ),
     'unknown-key.yaml': (
         'unknown-key.yaml:2: service: unknown key "service" (known: defaults, limits, listen, locat'
-        'ion, notify, services, status_page_interval, storage, web_config)'
+        'ion, notify, public_url, services, status_page_interval, storage, web_config)'
     ),
     'unknown-limits-key.yaml': (
         'unknown-limits-key.yaml:2: limits.max_inflight: unknown key "max_inflight" (known: '
@@ -370,6 +370,47 @@ INVALID: dict[str, str] = {
     'bad-idna-host.yaml': (
         'bad-idna-host.yaml:5: services.demo.checks.home.url: invalid host name "a\u200db.example" in UR'
         "L (Joiner U+200D not allowed at position 2 in 'a\\u200db')"
+    ),
+    'bad-group-wait.yaml': (
+        'bad-group-wait.yaml:2: notify.group_wait: invalid duration "soon" (use e.g. 500ms, 30s, 5m, 1h,'
+        ' 7d)'
+    ),
+    'bad-public-url.yaml': (
+        'bad-public-url.yaml:1: public_url: invalid URL "status.example.org" (must be http:// or https:/'
+        '/ with a host)'
+    ),
+    'target-apprise-rejects.yaml': (
+        'target-apprise-rejects.yaml:4: notify.targets[0].url: Apprise cannot use this slack:// URL: An '
+        'invalid Slack (second) Token (<redacted>) was specified.'
+    ),
+    'target-bad-kind.yaml': (
+        'target-bad-kind.yaml:5: notify.targets[0].kinds: must be one of down, degraded, closed, got "re'
+        'covered"'
+    ),
+    'target-bad-name.yaml': (
+        'target-bad-name.yaml:3: notify.targets[0].name: invalid target name "Ops Team" (use lowercase l'
+        'etters, digits, _ and -)'
+    ),
+    'target-closed-only.yaml': (
+        'target-closed-only.yaml:5: notify.targets[0].kinds: closed alone sends nothing: add down and/or'
+        ' degraded'
+    ),
+    'target-duplicate-name.yaml': (
+        'target-duplicate-name.yaml:5: notify.targets[1].name: duplicate target name "ops"'
+    ),
+    'target-missing-url.yaml': (
+        'target-missing-url.yaml:3: notify.targets[0]: missing required key "url"'
+    ),
+    'target-secret-in-error.yaml': (
+        'target-secret-in-error.yaml:4: notify.targets[0].url: Apprise cannot use this slack:// URL: An '
+        'invalid Slack (second) Token (<redacted>) was specified.'
+    ),
+    'target-unknown-scheme.yaml': (
+        'target-unknown-scheme.yaml:4: notify.targets[0].url: unknown Apprise scheme "fax://" (see https'
+        '://appriseit.com/services/)'
+    ),
+    'target-unknown-service.yaml': (
+        'target-unknown-service.yaml:5: notify.targets[0].services: unknown service "deepseek"'
     ),
 }
 
@@ -787,3 +828,32 @@ def test_a_host_asked_for_more_than_its_rate_is_warned_about() -> None:
     assert cfg.notes() == ["host api.example: its checks ask for 30 requests/s, above "
                            "limits.per_host_rate (20/s); they will start late"]
     assert parse(text.replace("per_host_rate: 20", "per_host_rate: 30"), "c.yaml", env={}).notes() == []
+
+
+def test_notify_targets_defaults_and_their_urls_stay_out_of_reprs() -> None:
+    cfg = config("""
+        public_url: https://status.example.org/
+        notify:
+          targets:
+            - name: ops-mail
+              url: mailtos://alerts:${SMTP_PW}@mail.example.org?to=oncall@example.org
+            - name: chat
+              url: slack://T1JJ3T3L2/A1BRTD4JD/TIiajkdnlazkcOXrIdevi7
+              services: [demo]
+              kinds: [down, closed]
+              min_duration: 2m
+              max_attempts: 3
+              retry_initial: 500ms
+        services:
+          demo:
+            checks:
+              home: {url: "https://example.com/"}
+        """, env={"SMTP_PW": "hunter2-smtp"})
+    mail, chat = cfg.targets
+    assert (mail.name, mail.services, mail.kinds, mail.min_duration, mail.max_attempts) == (
+        "ops-mail", None, frozenset({"down", "degraded", "closed"}), 0.0, 5)
+    assert (chat.services, chat.kinds, chat.min_duration, chat.max_attempts, chat.retry_initial) == (
+        frozenset({"demo"}), frozenset({"down", "closed"}), 120.0, 3, 0.5)
+    assert (cfg.group_wait, cfg.public_url) == (30.0, "https://status.example.org")
+    assert "hunter2-smtp" in cfg.secrets  # redacted wherever the probes' texts are
+    assert "hunter2-smtp" not in repr(cfg.targets) and "TIiajkdnlazkcOXrIdevi7" not in repr(cfg.targets)
