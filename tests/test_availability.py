@@ -23,6 +23,7 @@ from monitor.rollup import (
     OPERATIONAL,
     PARTIAL_OUTAGE,
     UNDER_MAINTENANCE,
+    UNKNOWN,
     OfflineDetector,
     ServiceTracker,
     service_status,
@@ -63,6 +64,14 @@ def test_availability(first_seen: float | None, down: list, unknown: list, expec
         ([(True, State.UNKNOWN), (True, State.UP)], False, OPERATIONAL),
         ([(True, State.DOWN), (True, State.UNKNOWN)], False, PARTIAL_OUTAGE),
         ([(True, State.DOWN)], True, UNDER_MAINTENANCE),
+        ([(True, State.UNKNOWN)], True, UNDER_MAINTENANCE),
+        # unknown: nothing is known about any critical check
+        ([(True, State.UNKNOWN), (True, State.UNKNOWN)], False, UNKNOWN),
+        ([(True, State.UNKNOWN), (False, State.UP)], False, UNKNOWN),
+        ([(True, State.UNKNOWN), (False, State.DOWN)], False, UNKNOWN),
+        ([(False, State.UNKNOWN)], False, UNKNOWN),  # no critical check: every check counts
+        ([(False, State.UP)], False, OPERATIONAL),
+        ([], False, UNKNOWN),  # every check skipped
     ],
 )
 def test_service_status(checks: list[tuple[bool, State]], maintenance: bool, expected: str) -> None:
@@ -71,7 +80,9 @@ def test_service_status(checks: list[tuple[bool, State]], maintenance: bool, exp
 
 def test_service_tracker_windows_follow_status() -> None:
     t = ServiceTracker("svc")
-    assert t.update(OPERATIONAL, 0) == []
+    assert t.status == UNKNOWN  # nothing known before the first results
+    assert [(e.state, e.at) for e in t.update(OPERATIONAL, 0)] == [(OPERATIONAL, 0)]  # type: ignore[union-attr]
+    assert t.update(OPERATIONAL, 1) == []
     [_, opened] = t.update(PARTIAL_OUTAGE, 30, start_hint=10)
     assert isinstance(opened, WindowOpened)
     assert (opened.window.kind, opened.window.start, opened.window.severity) == ("down", 10, PARTIAL_OUTAGE)
