@@ -357,7 +357,8 @@ class Pipeline:
             if event.check is None:
                 if (sstats := live.services.get(event.service)) is not None:
                     sstats.status = event.state
-                log.info("%s is %s", event.service, event.state)
+                if not (event.state == UNKNOWN and live.monitor_offline):  # the gap's line says it
+                    log.info("%s is %s", event.service, event.state)
             elif (stats := live.checks.get((event.service, event.check))) is not None:
                 was_unknown_why = stats.unknown_why
                 stats.set_state(State(event.state), event.at, event.why)
