@@ -159,7 +159,8 @@ def aipulse(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
 def test_check_config_accepts_the_bundled_config() -> None:
     proc = aipulse("check-config", "-c", str(ROOT / "config.yaml"))
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == f"{ROOT / 'config.yaml'}: ok (7 services, 21 checks)"
+    assert proc.stdout.strip() == (f"{ROOT / 'config.yaml'}: ok (7 services, 21 checks, "
+                                   "4 connectivity canaries)")
 
 
 def test_the_bundled_inference_checks_are_ready_to_enable() -> None:
