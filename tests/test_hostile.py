@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 import trustme
-from helpers import make_check, start_daemon, wait_for
+from helpers import free_port, make_check, start_daemon, wait_for
 from hostile import Hostile, serve_hostile, spawn_standalone, tls_contexts
 from targets import Target
 
@@ -172,11 +172,17 @@ LOAD_MIX = [
     ("close_after_handshake", "tls", "close_after_handshake", 1),
 ]
 N_CHECKS = 500
-SCRAPES = 100
+SCRAPES = 100  # pairs of scrapes, or as many as SCRAPING_FOR allows (at least MIN_SCRAPES)
+MIN_SCRAPES = 20
+SCRAPING_FOR = 40.0  # seconds
 # A scrape of the daemon under hostile load may take at most this many times as long
-# as a scrape of the same 500 checks probing a server that answers at once, measured
-# in the same test, interleaved (a busy machine slows both alike), plus a little.
-SCRAPE_FACTOR = 3.0
+# (median, and slowest) as a scrape of a daemon with the same 500 checks whose probes
+# are refused at once, measured in the same test, turn about (a busy machine slows both
+# alike), plus a little. Its probes cost more CPU than refused ones, so not 1x; an
+# event loop blocked by a hostile reply (a bomb decompressed, a header parsed in one
+# go) adds hundreds of milliseconds to the slowest scrapes, which this catches. (Seen
+# with load average 10 on 2 cores: median 3.8 s against 1.6 s, max 6.7 s against 9.0 s.)
+SCRAPE_FACTOR = 4.0
 SCRAPE_SLACK = 0.050  # seconds
 RSS_BOUND_KIB = 250 * 1024
 
@@ -200,12 +206,16 @@ def load_config(ports: dict[str, Any]) -> dict[str, Any]:
 
 
 def calm_config(ports: dict[str, Any]) -> dict[str, Any]:
-    """The same 500 checks (same services and ids: the same series), each against a
-    server that answers at once: the baseline a scrape under hostile load is compared to."""
+    """The same 500 checks (same services and ids: the same families and series), each
+    against a port where nothing listens (refused at once, so this daemon costs the
+    machine little; no window ever opens, so it logs and stores little): the baseline a
+    scrape under hostile load is compared to."""
     config = load_config(ports)
+    config["defaults"]["open_after"] = 1_000_000
+    closed = free_port()
     for service in config["services"].values():
         for check in service["checks"].values():
-            check["url"] = f"http://127.0.0.1:{ports['target']}/ok"
+            check["url"] = f"http://127.0.0.1:{closed}/ok"
     return config
 
 
@@ -234,6 +244,7 @@ def standalone_hostile() -> Iterator[dict[str, Any]]:
         proc.stdout.close()
 
 
+@pytest.mark.timeout(300)  # two daemons of 500 checks; on a busy machine they start slowly
 def test_metrics_stay_prompt_and_memory_bounded_while_500_hostile_probes_run(tmp_path: Path) -> None:
     """/metrics of a daemon whose 500 checks meet hostile servers answers about as fast as
     that of the same daemon whose checks meet a quick one: scraped turn about, so that
@@ -250,7 +261,10 @@ def test_metrics_stay_prompt_and_memory_bounded_while_500_hostile_probes_run(tmp
         times: dict[str, list[float]] = {"hostile": [], "calm": []}
         rss = []
         with daemon_client(daemon) as client:
+            deadline = time.monotonic() + SCRAPING_FOR
             for i in range(SCRAPES):
+                if i >= MIN_SCRAPES and time.monotonic() > deadline:
+                    break  # a busy machine: fewer pairs, compared all the same
                 pair = [("hostile", daemon), ("calm", calm)]
                 for name, d in pair if i % 2 else pair[::-1]:
                     t0 = time.perf_counter()
@@ -269,8 +283,9 @@ def test_metrics_stay_prompt_and_memory_bounded_while_500_hostile_probes_run(tmp
         log = daemon.log.read_text()
     ran = sum(probes.values()) - probes_before
     hostile, baseline = times["hostile"], times["calm"]
-    summary = (f"scrapes under hostile load: median {statistics.median(hostile) * 1000:.1f} ms, "
-               f"max {max(hostile) * 1000:.1f} ms; of the calm baseline: median "
+    summary = (f"{len(hostile)} scrapes under hostile load: median "
+               f"{statistics.median(hostile) * 1000:.1f} ms, max {max(hostile) * 1000:.1f} ms; "
+               "of the calm baseline: median "
                f"{statistics.median(baseline) * 1000:.1f} ms, max {max(baseline) * 1000:.1f} ms; "
                f"RSS max {max(rss) / 1024:.1f} MiB; {ran:.0f} probes during the scrapes; {dict(probes)}")
     print(summary)
@@ -288,5 +303,5 @@ def test_metrics_stay_prompt_and_memory_bounded_while_500_hostile_probes_run(tmp
 def daemon_client(daemon: Any) -> Iterator[Any]:
     import httpx
 
-    with httpx.Client(timeout=5) as client:
+    with httpx.Client(timeout=60) as client:  # slowness is judged against the baseline, not here
         yield client
