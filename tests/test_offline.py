@@ -269,3 +269,21 @@ def test_unknown_never_closes_a_service_window() -> None:
     assert [e.state for e in changes][-1] == "major_outage"
     assert run.live.services["vendor"].window is not None
     assert State.UNKNOWN.value == UNKNOWN
+
+
+@pytest.mark.parametrize(("statuses", "worst", "unknown", "problems"), [
+    (["operational", "operational"], "operational", 0, 0),
+    (["operational", "unknown"], "unknown", 1, 0),  # never "All services operational"
+    (["unknown", "unknown"], "unknown", 2, 0),
+    (["under_maintenance", "unknown"], "unknown", 1, 0),
+    (["under_maintenance", "operational"], "under_maintenance", 0, 0),
+    (["partial_outage", "unknown", "major_outage"], "major_outage", 1, 2),
+    (["degraded_performance", "operational"], "degraded_performance", 0, 1),
+])
+def test_the_page_summary_counts_unknown_and_is_never_green_with_it(
+        statuses: list[str], worst: str, unknown: int, problems: int) -> None:
+    from monitor.page import summary
+
+    got = summary(statuses)
+    assert (got["worst"], got["unknown"], got["problems"], got["total"]) == (worst, unknown, problems,
+                                                                             len(statuses))
