@@ -167,7 +167,9 @@ class OfflineDetector:
 
     def _vote(self, voter: str, voters: frozenset[str], at: float, answered: bool,
               minimum: int) -> list[Event]:
-        self.latest_at[voter] = max(at, self.latest_at.get(voter, at))
+        if at < self.latest_at.get(voter, at):
+            return []  # out of order: a later probe of this voter has already spoken
+        self.latest_at[voter] = at
         if answered:
             self._failing_since.pop(voter, None)
             self._last_ok[voter] = max(at, self._last_ok.get(voter, at))
@@ -177,7 +179,8 @@ class OfflineDetector:
         if self.gap is None:
             if len(voters) >= minimum and voters <= self._failing_since.keys():
                 after = max((self._last_ok.get(v, float("-inf")) for v in voters), default=float("-inf"))
-                start = min(self._failing_since[v] for v in voters if self._failing_since[v] > after)
+                start = min((self._failing_since[v] for v in voters if self._failing_since[v] > after),
+                            default=after)  # (only if an answer and a failure share a start time)
                 self.gap = Gap(start, cause="offline")
                 events.append(GapOpened(self.gap))
         elif answered:

@@ -111,6 +111,27 @@ def test_offline_needs_every_host_failing_with_dns_or_connect() -> None:
     assert single.observe("a", 1, Reason.DNS) == []  # one host cannot tell us apart from it
 
 
+def test_offline_by_canaries_starts_after_the_last_answer() -> None:
+    """With canaries the services decide nothing; the gap starts at the first failure
+    after the last answer of any canary (c1 failed at 10, but c2 answered at 11)."""
+    d = OfflineDetector(frozenset({"a", "b"}), canaries=frozenset({"c1", "c2"}))
+    assert d.observe("a", 9, Reason.DNS) == [] and d.observe("b", 9, Reason.DNS) == []
+    assert d.holds(Reason.TIMEOUT) and not d.holds(Reason.HTTP_5XX)
+    assert d.observe_canary("c1", 10, answered=False) == []
+    assert d.observe_canary("c2", 11, answered=True) == []
+    [opened] = d.observe_canary("c2", 12, answered=False)
+    assert isinstance(opened, GapOpened) and opened.gap.start == 12
+    assert d.decided("a", 10) and not d.decided("a", 10.5)  # c1 last spoke at 10
+    [closed] = d.observe_canary("c1", 20, answered=True)
+    assert isinstance(closed, GapClosed) and (closed.gap.start, closed.gap.end) == (12, 20)
+    assert d.covers(15) and not d.covers(21) and d.started_after(11) and not d.started_after(12)
+    # out of order: c1's failure started at 30 arrives after its answer started at 31;
+    # the later probe has spoken
+    late = OfflineDetector(frozenset({"a"}), canaries=frozenset({"c1"}))
+    assert late.observe_canary("c1", 31, answered=True) == []
+    assert late.observe_canary("c1", 30, answered=False) == [] and not late.offline
+
+
 # --- the pipeline over a scripted hour ----------------------------------------
 
 class MemorySink:
