@@ -414,8 +414,9 @@ class Pipeline:
     def _offline_why(self) -> str:
         if not self.canaries:
             return "every host fails with dns/connect"
-        failures = ", ".join(f"{self.canaries[k].target}: {r.reason}" for k, r in self._canary_last.items()
-                             if k in self.canaries)
+        # host names only: a URL's path or query is nobody's business in a log line
+        failures = ", ".join(f"{self.canaries[k].check.host}: {r.reason}"
+                             for k, r in self._canary_last.items() if k in self.canaries)
         return f"every connectivity canary fails ({failures})"
 
     def _announce(self, event: WindowOpened | WindowClosed) -> None:
