@@ -10,32 +10,21 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Sequence
 
 import pytest
 from helpers import make_config
+from test_availability import MemorySink
 
 from monitor.config import CANARY_SERVICE, Config
 from monitor.live import LiveState
 from monitor.maintenance import Maintenance
-from monitor.outage import Event, GapClosed, GapOpened, State, StateChanged, WindowClosed, WindowOpened
+from monitor.outage import GapClosed, GapOpened, State, StateChanged, WindowClosed, WindowOpened
 from monitor.pipeline import Pipeline
 from monitor.reasons import Reason
 from monitor.result import ProbeResult
 from monitor.rollup import UNKNOWN
 
 T0 = 1_800_000_000.0
-
-
-class MemorySink:
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-
-    def add_result(self, result: ProbeResult) -> None:
-        pass
-
-    async def write(self, events: Sequence[Event]) -> None:
-        self.events.extend(events)
 
 
 class Announced:
