@@ -100,10 +100,9 @@ async def status(request: web.Request) -> web.Response:
             "checks": [_check_json(live.checks[c.key], now, gaps, maintenance)
                        for c in sstats.service.checks if c.key in live.checks],
         })
-    monitor_offline = any(g.end is None and g.cause == "offline" for g in live.gaps)
     return web.json_response({
         "generated_at": rfc3339(now),
-        "monitor_offline": monitor_offline,
+        "monitor_offline": live.monitor_offline,
         "services": services,
     })
 
@@ -132,13 +131,15 @@ async def outages(request: web.Request) -> web.Response:
     if not 1 <= limit <= MAX_OUTAGES:
         return json_error(400, f"limit: must be between 1 and {MAX_OUTAGES}")
     try:
+        # One more than asked: whether more matched is said, never a silent cut.
         windows = await asyncio.get_running_loop().run_in_executor(_READERS, functools.partial(
             query_windows, request.app[DB_PATH], service=q.get("service"), check=q.get("check"),
-            since=since, until=until, limit=limit,
+            since=since, until=until, limit=limit + 1,
         ))
     except StorageError as exc:
         return json_error(503, f"history unavailable: {exc}")
-    return web.json_response({"outages": [window_json(w, now) for w in windows]})
+    return web.json_response({"outages": [window_json(w, now) for w in windows[:limit]],
+                              "truncated": len(windows) > limit})
 
 
 def add_routes(app: web.Application, live: LiveState, db_path: str) -> None:

@@ -76,6 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     outages.add_argument("--until", help="RFC 3339 time or an age")
     outages.add_argument("--service", help="only this service")
     outages.add_argument("--check", help="only this check")
+    outages.add_argument("--limit", type=_positive_int, default=1000,
+                         help="at most this many windows, the newest (default 1000); says when more matched")
     outages.add_argument("--json", action="store_true", help="print JSON instead of a table")
     outages.set_defaults(func=cmd_outages)
 
@@ -111,12 +113,30 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = _load(args)
     if cfg is None:
         return 1
+    skipped = f", {len(cfg.skipped)} skipped" if cfg.skipped else ""
+    canaries = f", {len(cfg.connectivity)} connectivity canaries" if cfg.connectivity else ""
+    if not cfg.checks:
+        for line in cfg.notes():
+            print(line, file=sys.stderr)
+        print(f"{cfg.path}: no check left to run ({len(cfg.skipped)} skipped): aipulse would watch "
+              "nothing; set what they need, or remove them", file=sys.stderr)
+        return 1
     pages = sum(1 for s in cfg.services if s.status_page)
     print(f"{cfg.path}: ok ({len(cfg.services)} services, {pages} with a status page, "
-          f"{len(cfg.checks)} checks)")
+          f"{len(cfg.checks)} checks{skipped}{canaries})")
     for line in cfg.notes():
         print(line)
     return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'not a whole number: "{text}"') from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -249,13 +269,15 @@ def cmd_outages(args: argparse.Namespace) -> int:
         print(f"aipulse outages: {exc}", file=sys.stderr)
         return 2
     try:
-        windows = query_windows(path, service=args.service, check=args.check, since=since, until=until)
+        windows = query_windows(path, service=args.service, check=args.check, since=since, until=until,
+                                limit=args.limit + 1)  # one more: to say that more matched
     except StorageError as exc:
         print(f"{path}: {exc}", file=sys.stderr)
         return 1
-    rows = [window_json(w, now) for w in windows]
+    truncated = len(windows) > args.limit
+    rows = [window_json(w, now) for w in windows[:args.limit]]
     if args.json:
-        print(json.dumps({"outages": rows}, indent=2))
+        print(json.dumps({"outages": rows, "truncated": truncated}, indent=2))
         return 0
     table = [("SERVICE", "CHECK", "KIND", "SEVERITY", "START", "END", "DURATION", "REASON")]
     for r in rows:
@@ -264,6 +286,9 @@ def cmd_outages(args: argparse.Namespace) -> int:
     print(_columns(table))
     if not rows:
         print(f"no outage windows since {rfc3339(since)}")
+    if truncated:
+        print(f"truncated: more than {args.limit} windows matched; these are the newest {args.limit} "
+              "(--limit N for more, --since or --service for fewer)")
     return 0
 
 

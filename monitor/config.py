@@ -195,6 +195,24 @@ class ServiceConfig:
     status_page_spec: PageSpec | None = None  # URL, format, components (monitor.vendorformats)
 
 
+CANARY_SERVICE = "@connectivity"  # not a valid service id: a canary's results never meet a service's
+ANY_STATUS = frozenset(range(100, 600))
+
+
+@dataclass(frozen=True, slots=True)
+class Canary:
+    """A connectivity canary (top-level `connectivity:`): a target that is not a
+    service. It answers when a URL gives any HTTP response, or host:port accepts a TCP
+    connection; the monitor is offline while every canary fails."""
+
+    target: str  # as written: a URL, or host:port
+    check: CheckConfig  # how it is probed: url is the URL, or tcp://host:port
+
+    @property
+    def is_tcp(self) -> bool:
+        return self.check.url.startswith("tcp://")
+
+
 @dataclass(frozen=True, slots=True)
 class WebhookConfig:
     """Where outage windows are announced (notify.webhooks[])."""
@@ -239,6 +257,7 @@ class Config:
     targets: tuple[TargetConfig, ...] = ()  # notify.targets: Apprise URLs
     group_wait: float = 30.0  # notify.group_wait: one service's events within it make one message
     public_url: str | None = None  # where people reach our status page (links in messages)
+    connectivity: tuple[Canary, ...] = ()  # canaries; none: offline is inferred from the services
     status_page_interval: float = 120.0  # how often vendor status pages are polled
     web_config: str | None = None  # exporter-toolkit web config (TLS, basic auth) for our endpoints
     secrets: frozenset[str] = frozenset()
@@ -366,7 +385,7 @@ class _Validator:
 
     def config(self) -> Config:
         top_keys = frozenset({"listen", "location", "storage", "limits", "defaults", "services", "notify",
-                              "status_page_interval", "web_config", "public_url"})
+                              "connectivity", "status_page_interval", "web_config", "public_url"})
         data = self.mapping(self.src.data, (), top_keys)
         host, port = self.field(data, "listen", (), lambda v: parse_listen(_str(v)),
                                 parse_listen(DEFAULT_LISTEN))
@@ -384,6 +403,7 @@ class _Validator:
         group_wait = self.field(self.mapping(data.get("notify"), ("notify",), None), "group_wait",
                                 ("notify",), _non_negative_duration, 30.0)
         public_url = self.field(data, "public_url", (), lambda v: _url(v).rstrip("/"))
+        connectivity = self.connectivity(data.get("connectivity"), defaults)
         status_page_interval = self.field(data, "status_page_interval", (), _duration, 120.0)
         web_config = self.field(data, "web_config", (), lambda v: str(Path(self.src.name).parent / _str(v)))
         if not self.errors and not any(s.checks for s in services) and not self.src.missing:
@@ -405,6 +425,7 @@ class _Validator:
             targets=targets,
             group_wait=group_wait,
             public_url=public_url,
+            connectivity=connectivity,
             status_page_interval=status_page_interval,
             web_config=web_config,
             secrets=frozenset(self.src.secrets).union(*(
@@ -557,6 +578,48 @@ class _Validator:
                 max_attempts=self.field(item, "max_attempts", ipath, _positive_int, 5),
                 retry_initial=self.field(item, "retry_initial", ipath, _duration, 2.0),
             ))
+        return tuple(out)
+
+    def connectivity(self, raw: Any, defaults: Mapping[str, Any]) -> tuple[Canary, ...]:
+        """`connectivity:` a list of targets, or {targets, interval, timeout}. Without
+        its own interval and timeout a canary takes those of `defaults:`."""
+        path: KeyPath = ("connectivity",)
+        if raw is None:
+            return ()
+        if isinstance(raw, dict):
+            data = self.mapping(raw, path, frozenset({"targets", "interval", "timeout"}))
+            targets = data.get("targets")
+            if not isinstance(targets, list):
+                self.err((*path, "targets") if "targets" in data else path,
+                         "needs a list of targets (URLs, or host:port)")
+                return ()
+            where: dict[str, KeyPath] = {k: path for k in ("interval", "timeout") if k in data}
+        elif isinstance(raw, list):
+            targets, data, where = raw, {}, {}
+        else:
+            self.err(path, f"must be a list of targets (URLs, or host:port), got {_kind(raw)}")
+            return ()
+        timing: dict[str, float] = {}
+        for key in ("interval", "timeout"):
+            source, at = (data, where[key]) if key in where else (
+                {key: defaults.get(key, CHECK_DEFAULTS[key])}, ("defaults",))
+            timing[key] = self.field(source, key, at, _duration, parse_duration(CHECK_DEFAULTS[key]))
+        if timing["timeout"] > timing["interval"]:
+            self.err((*path, "timeout") if "timeout" in where else path,
+                     f"timeout ({_seconds(timing['timeout'])}) must not exceed interval "
+                     f"({_seconds(timing['interval'])})")
+        items_path: KeyPath = (*path, "targets") if isinstance(raw, dict) else path
+        out = []
+        for i, item in enumerate(targets):
+            try:
+                url = _canary_url(item)
+            except ValueError as exc:
+                self.err((*items_path, i), str(exc))
+                continue
+            out.append(Canary(str(item), CheckConfig(
+                service=CANARY_SERVICE, id=f"canary{i + 1}", url=url, interval=timing["interval"],
+                timeout=timing["timeout"], max_body_bytes=64 * 1024, expect=Expect(status=ANY_STATUS),
+                line=self.src.line((*items_path, i)))))
         return tuple(out)
 
     def check(self, sid: str, cid: str, cdata: Any, defaults: Mapping[str, Any],
@@ -881,6 +944,26 @@ def _proxy_url(value: Any) -> str:
     if parts.scheme != "http" or parts.path not in ("", "/") or parts.query:
         raise ValueError(f'invalid proxy URL "{text}" (use http://[user:password@]host:port)')
     return text
+
+
+def _canary_url(value: Any) -> str:
+    """A canary as a URL to probe: the URL itself, or tcp://host:port."""
+    text = _str(value)
+    if "://" in text:
+        return _url(text)
+    try:
+        parts = urlsplit(f"tcp://{text}")
+        ok = bool(parts.hostname) and parts.port is not None and parts.port > 0 and not parts.path
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f'invalid canary "{text}" (use a URL like https://www.gstatic.com/generate_204, '
+                         "or host:port like 1.1.1.1:443)")
+    return f"tcp://{text}"
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g}s"
 
 
 _VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

@@ -20,6 +20,7 @@ from monitor import loop as event_loop
 from monitor import server, shard, statuspage, systemd, vendorlog
 from monitor.availability import WINDOWS
 from monitor.config import Config, ConfigError, database_path, load_file
+from monitor.connectivity import CanaryProber
 from monitor.delivery import Notifications, TargetNotifier
 from monitor.live import LiveState
 from monitor.metrics import make_registry
@@ -71,7 +72,8 @@ class Daemon:
         self.notifications = Notifications(self._make_notifier(cfg), TargetNotifier(cfg, self.live))
         self.pipeline = pipeline = Pipeline(cfg, self.live, store, self.notifications)
         orphans = pipeline.restore(history.open_windows, history.windows, history.transitions,
-                                   history.gaps, history.first_seen, last_seen=history.heartbeat or now)
+                                   history.gaps, history.first_seen, last_seen=history.heartbeat or now,
+                                   since=now - WINDOWS["30d"])
         self.notifications.targets.restore()  # windows open at the restart, not yet announced
         await pipeline.commit([*orphans, *restart_gap_events(history.gaps, history.heartbeat, now)])
         if history.open_windows:
@@ -81,6 +83,10 @@ class Daemon:
             max_in_flight=cfg.max_in_flight, per_host_rate=cfg.per_host_rate,
             on_lag=self.live.scheduler_lag.observe, on_missed=self._on_missed,
         )
+        # Canaries have a scheduler of their own: they never wait behind the services' probes.
+        self.canaries = canaries = Scheduler(
+            CanaryProber(self.prober).run, pipeline.handle,
+            max_in_flight=max(1, len(cfg.connectivity)), per_host_rate=cfg.per_host_rate)
         pipeline.start()
         heartbeat = asyncio.create_task(self._heartbeat(store))
         watchdog = asyncio.create_task(systemd.watchdog(notifier=self.sd))  # WatchdogSec=, from the loop
@@ -100,6 +106,7 @@ class Daemon:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
             scheduler.set_checks(cfg.checks)
+            canaries.set_checks([c.check for c in cfg.connectivity])
             poller.start()
             self.live.ready = True
             _settle_gc()
@@ -107,12 +114,14 @@ class Daemon:
                      "(%s)", len(cfg.checks), len(cfg.services),
                      "https" if web_config.ssl_context else "http", cfg.listen_host, self.port, self.db_path,
                      event_loop.name())
+            self._log_coverage(cfg)
             self.sd.ready(self._sd_status())  # after /readyz turned 200
             await self._stop.wait()
             log.info("stopping")
         finally:
             self.sd.stopping()
             await scheduler.stop()
+            await canaries.stop()
             await poller.stop()
             await asyncio.gather(*self._vendor_writes, return_exceptions=True)
             await vendor_client.aclose()
@@ -161,6 +170,7 @@ class Daemon:
         self.prober.redact = Redactor(new.secrets)
         await self.pipeline.commit(self.pipeline.configure(new))
         self.scheduler.set_checks(new.checks)
+        self.canaries.set_checks([c.check for c in new.connectivity])
         await self.poller.update(self._vendor_pages(new))
         if new.webhooks != old.webhooks:
             if self.notifications.webhooks is not None:
@@ -174,7 +184,21 @@ class Daemon:
         self.live.reload_ok = True
         _settle_gc()
         log.info("config reloaded: %d checks in %d services", len(new.checks), len(new.services))
+        self._log_coverage(new)
         return None
+
+    @staticmethod
+    def _log_coverage(cfg: Config) -> None:
+        """How the monitor tells it is offline, and a warning when it watches nothing."""
+        if cfg.connectivity:
+            log.info("connectivity: %d canaries; the monitor is offline while every one fails",
+                     len(cfg.connectivity))
+        else:
+            log.info("no connectivity canaries: the monitor is taken to be offline when every host "
+                     "fails with dns/connect (see `connectivity:` in the bundled config)")
+        if not cfg.checks:
+            log.warning("no active check (%d skipped): aipulse watches nothing; /readyz answers 503",
+                        len(cfg.skipped))
 
     @staticmethod
     def _select(config: Config) -> Config:

@@ -16,7 +16,7 @@ from monitor.availability import WINDOWS, Interval, availability
 from monitor.config import CheckConfig, ServiceConfig
 from monitor.outage import Gap, OutageWindow, State
 from monitor.result import ProbeResult
-from monitor.rollup import OPERATIONAL
+from monitor.rollup import UNKNOWN
 from monitor.statuspage import VendorStatus, detection_lead
 
 DURATION_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -70,7 +70,9 @@ class CheckStats:
     outages_opened: int = 0  # down windows opened since start
     last_down: OutageWindow | None = None  # the latest down window (open or closed)
     last_closed_down: OutageWindow | None = None
-    first_seen: float | None = None
+    first_seen: float | None = None  # the first result ever
+    first_known: float | None = None  # the first time its state was known: observed time starts here
+    unknown_why: str = ""  # what made it unknown (StateChanged.why), while it is
     down_spans: list[Interval] = field(default_factory=list)  # down windows, recent first-to-last
     unknown_spans: list[Interval] = field(default_factory=list)  # from the state timeline
     _availability: dict[str, float | None] = field(default_factory=dict)
@@ -87,11 +89,16 @@ class CheckStats:
         if self.first_seen is None:
             self.first_seen = result.started
 
-    def set_state(self, state: State, at: float) -> None:
+    def set_state(self, state: State, at: float, why: str = "") -> None:
         if state is State.UNKNOWN and self.state is not State.UNKNOWN:
             self.unknown_spans.append((at, None))
+            self.unknown_why = why
         elif state is not State.UNKNOWN and self.unknown_spans and self.unknown_spans[-1][1] is None:
             self.unknown_spans[-1] = (self.unknown_spans[-1][0], at)
+        if state is not State.UNKNOWN:
+            self.unknown_why = ""
+            if self.first_known is None or at < self.first_known:
+                self.first_known = at
         self.state = state
         self._availability_at = float("-inf")
 
@@ -122,14 +129,16 @@ class CheckStats:
                      max_age: float = 10.0) -> dict[str, float | None]:
         """Availability per window; recomputed at most every `max_age` seconds."""
         if now - self._availability_at > max_age:
+            # Observed time starts when the state was first known: before that (no result
+            # yet, or only results that tell nothing) it has no value, not 100 %.
             if self.down_spans:
                 unknown = [*self.unknown_spans, *gaps, *maintenance]
                 values = {
-                    name: availability(now, span, self.first_seen, self.down_spans, unknown)
+                    name: availability(now, span, self.first_known, self.down_spans, unknown)
                     for name, span in WINDOWS.items()
                 }
             else:  # never down: 1.0 wherever anything was observed (most checks, most of the time)
-                values = _never_down(now, self.first_seen, [*self.unknown_spans, *gaps, *maintenance])
+                values = _never_down(now, self.first_known, [*self.unknown_spans, *gaps, *maintenance])
             if values != self._availability:  # same values: same dict (the metrics cache its text)
                 self._availability = values
             self._availability_at = now
@@ -145,21 +154,21 @@ class CheckStats:
 _ALL_UP = dict.fromkeys(WINDOWS, 1.0)
 
 
-def _never_down(now: float, first_seen: float | None, unknown: list[Interval]) -> dict[str, float | None]:
+def _never_down(now: float, first_known: float | None, unknown: list[Interval]) -> dict[str, float | None]:
     """`availability` of every window for a check without down time."""
-    if first_seen is None:
+    if first_known is None:
         return dict.fromkeys(WINDOWS)
-    if not unknown and now - first_seen > 1e-9:
+    if not unknown and now - first_known > 1e-9:
         return _ALL_UP
     # 1.0 where some time was observed, else None (as `availability` decides it)
-    return {name: None if availability(now, span, first_seen, (), unknown) is None else 1.0
+    return {name: None if availability(now, span, first_known, (), unknown) is None else 1.0
             for name, span in WINDOWS.items()}
 
 
 @dataclass
 class ServiceStats:
     service: ServiceConfig
-    status: str = OPERATIONAL
+    status: str = UNKNOWN  # nothing is known before the first results
     window: OutageWindow | None = None  # the open service-level window
     last_down: OutageWindow | None = None  # the latest service-level outage window
     vendor: VendorStatus | None = None  # the vendor's own status page, last poll
@@ -198,6 +207,7 @@ class LiveState:
         self.reload_ok = True
         self.ready = False
         self.notifications: dict[str, TargetStats] = {}  # notify.targets by name
+        self.checks_skipped = 0  # checks of the config left out for a missing key
         # Checks with a new result since the metrics last rendered them (monitor.metrics
         # renders these in the background, so a scrape finds them ready).
         self.changed: set[tuple[str, str]] = set()
@@ -222,6 +232,11 @@ class LiveState:
             stats.record(result)
             self.changed.add(stats.check.key)
         return stats
+
+    @property
+    def monitor_offline(self) -> bool:
+        """Is the monitor itself offline now (an open gap of cause "offline")?"""
+        return any(g.end is None and g.cause == "offline" for g in self.gaps)
 
     def gap_spans(self) -> list[Interval]:
         horizon = time.time() - max(WINDOWS.values())

@@ -133,6 +133,19 @@ class AipulseCollector(Collector):
         storage.add_metric([loc], self.live.storage_errors)
         yield storage
         yield from self._notifications()
+        offline = GaugeMetricFamily(
+            "aipulse_monitor_offline",
+            "1 while the monitor cannot reach the network (every connectivity canary fails or, without "
+            "canaries, every host fails with dns/connect): every check is unknown meanwhile.",
+            labels=["location"])
+        offline.add_metric([loc], 1.0 if self.live.monitor_offline else 0.0)
+        yield offline
+        skipped = GaugeMetricFamily(
+            "aipulse_checks_skipped",
+            "Checks of the config left out because this machine lacks a key they need.",
+            labels=["location"])
+        skipped.add_metric([loc], self.live.checks_skipped)
+        yield skipped
         reload_ok = GaugeMetricFamily(
             "aipulse_config_last_reload_successful", "1 if the last config load succeeded.",
             labels=["location"])

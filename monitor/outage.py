@@ -103,6 +103,9 @@ class StateChanged:
     check: str | None  # None: the service's own status changed
     state: str  # a State for checks, a Statuspage status for services
     at: float
+    # Why, for the log line only (not stored): what made a check unknown, or the failure
+    # a check came back into view with ("" when it came back answering well).
+    why: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,12 +158,13 @@ class CheckTracker:
         if self.window is not None:
             self.state = State(self.window.kind)
 
-    def observe(self, at: float, level: Level | None, reason: str = "") -> list[Event]:
+    def observe(self, at: float, level: Level | None, reason: str = "", why: str = "") -> list[Event]:
+        """`why`: for the log line of a state change (see StateChanged.why)."""
         events: list[Event] = []
         if level is None:
             # We cannot see the service now; an open window stays open (and keeps the
             # service's status), but this time is unknown, not down.
-            self._set_state(State.UNKNOWN, at, events)
+            self._set_state(State.UNKNOWN, at, events, why)
             return events
         recent = self._recent
         recent.append((at, level, reason))
@@ -171,7 +175,7 @@ class CheckTracker:
         self._escalate(events, at)
         self._recover(events, at)
         # Hysteresis: a failure that has not (yet) opened a window leaves the check up.
-        self._set_state(State(self.window.kind) if self.window else State.UP, at, events)
+        self._set_state(State(self.window.kind) if self.window else State.UP, at, events, why)
         return events
 
     def forget_pending(self, at_or_after: float) -> None:
@@ -249,7 +253,7 @@ class CheckTracker:
         self.window = None
         self._reasons = Counter()
 
-    def _set_state(self, state: State, at: float, events: list[Event]) -> None:
+    def _set_state(self, state: State, at: float, events: list[Event], why: str = "") -> None:
         if state != self.state:
             self.state = state
-            events.append(StateChanged(self.service, self.check, state.value, at))
+            events.append(StateChanged(self.service, self.check, state.value, at, why))

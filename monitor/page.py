@@ -57,6 +57,8 @@ OPERATIONAL = "operational"
 DEGRADED = "degraded_performance"
 PARTIAL = "partial_outage"
 MAJOR = "major_outage"
+MAINTENANCE = "under_maintenance"
+UNKNOWN = "unknown"
 _RANK = {NO_DATA: -1, OPERATIONAL: 0, DEGRADED: 1, PARTIAL: 2, MAJOR: 3}
 
 STATUS_LABELS = {
@@ -404,7 +406,7 @@ def _service_view(live: LiveState, sstats: ServiceStats, history: History, now: 
     mine = history.of(sid)
     service_windows = [w for w in mine if w.check is None]
     check_windows = [w for w in mine if w.check is not None]
-    seen = [c.first_seen for c in checks if c.first_seen is not None]
+    seen = [c.first_known for c in checks if c.first_known is not None]  # before: nothing observed
     bars = daily_bars(service_windows, now, first_seen=min(seen) if seen else None,
                       unknown=[*gaps, *maintenance])
     recent_since = now - RECENT_DAYS * DAY
@@ -433,7 +435,7 @@ def _service_view(live: LiveState, sstats: ServiceStats, history: History, now: 
                                    if w.end is None or w.end >= recent_since]
         for cv, stats in zip(view["checks"], checks, strict=True):
             own = [w for w in check_windows if w.check == stats.check.id]
-            check_bars = daily_bars(own, now, first_seen=stats.first_seen,
+            check_bars = daily_bars(own, now, first_seen=stats.first_known,
                                     unknown=[*stats.unknown_spans, *gaps, *maintenance])
             cv["bars"] = bars_view(check_bars)
             cv["uptime"] = _pct(overall_availability(check_bars))
@@ -448,7 +450,7 @@ def _common(live: LiveState, history: History, now: float) -> dict[str, Any]:
         "now_human": _when(now),
         "version": __version__,
         "refresh": REFRESH_SECONDS,
-        "offline": any(g.end is None and g.cause == "offline" for g in live.gaps),
+        "offline": live.monitor_offline,
         "history_error": history.error,
         "truncated": history.truncated,
         "days": HISTORY_DAYS,
@@ -479,16 +481,31 @@ async def _history(request: web.Request, now: float, service: str | None = None)
         _READERS, functools.partial(read_history, request.app[DB_PATH], now, service))
 
 
+def summary(statuses: Sequence[str]) -> dict[str, Any]:
+    """The banner over all services: its status (the worst problem; else `unknown` when
+    any service is unknown: never green while some service cannot be seen) and counts."""
+    problems = [s for s in statuses if s in (DEGRADED, PARTIAL, MAJOR)]
+    unknown = sum(s == UNKNOWN for s in statuses)
+    maintenance = sum(s == MAINTENANCE for s in statuses)
+    if problems:
+        worst = max(problems, key=_RANK.__getitem__)
+    elif unknown:
+        worst = UNKNOWN
+    elif maintenance:
+        worst = MAINTENANCE
+    else:
+        worst = OPERATIONAL
+    return {"worst": worst, "worst_label": STATUS_LABELS[worst], "total": len(statuses),
+            "problems": len(problems), "unknown": unknown, "maintenance": maintenance}
+
+
 async def index(request: web.Request) -> web.Response:
     now = time.time()
     history = await _history(request, now)
     live = request.app[LIVE]  # read after the await: the freshest state, on the loop's thread
     services = [_service_view(live, s, history, now, deep=False) for s in live.services.values()]
-    # maintenance is worth a mention in the banner, but is no problem
-    rank = {**_RANK, "under_maintenance": 0.5}
-    worst = max((s["status"] for s in services), key=lambda st: rank.get(st, 0), default=OPERATIONAL)
-    return render("index.html", services=services, worst=worst,
-                  worst_label=STATUS_LABELS.get(worst, worst), **_common(live, history, now))
+    return render("index.html", services=services, summary=summary([s["status"] for s in services]),
+                  **_common(live, history, now))
 
 
 async def service_page(request: web.Request) -> web.Response:

@@ -10,8 +10,16 @@ transaction for all results queued meanwhile) and only then publishes. So nothin
 is shown or announced that a crash could lose, events are published in the order
 they were decided, and a slow disk never delays probing.
 
-A dns/connect failure is held back until every other host has reported after it:
-only then is it known whether the service failed or the monitor itself is offline.
+A failure that the monitor's own network may have caused is held back until every
+connectivity canary has reported after it (without canaries: a dns/connect failure,
+until every other host has): only then is it known whether the service failed or
+the monitor itself is offline. While it is offline every check and service is
+`unknown`, and no window opens.
+
+A service-level window is announced (log line, webhook) once it cannot turn out
+shorter than one probe interval: its start and end are back-dated from the checks'
+windows, and two checks' windows a moment apart would otherwise make a window of
+0.4 s that nobody should be woken for.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from monitor.config import Config, ServiceConfig
+from monitor.config import CANARY_SERVICE, Canary, Config, ServiceConfig
 from monitor.live import CheckStats, LiveState
 from monitor.outage import (
     CheckTracker,
@@ -41,8 +49,9 @@ from monitor.outage import (
     WindowUpdated,
     level_of,
 )
+from monitor.reasons import Reason
 from monitor.result import ProbeResult
-from monitor.rollup import OFFLINE_REASONS, OfflineDetector, ServiceTracker, service_status
+from monitor.rollup import UNKNOWN, OfflineDetector, ServiceTracker, service_status
 from monitor.store import StorageError
 from monitor.units import format_duration
 
@@ -62,6 +71,9 @@ class Publisher(Protocol):
 
 MAX_HOLD = 300.0  # seconds a dns/connect failure may wait for the offline decision
 MAX_BATCH = 1000  # queued results whose events are committed together
+OFFLINE = "monitor offline"  # StateChanged.why while the monitor cannot see anything
+RESTARTED = "not probed since the restart"
+_SILENT = (OFFLINE, RESTARTED)  # one line says it for every check (or nothing needs saying)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +93,11 @@ class Pipeline:
         self.trackers: dict[tuple[str, str], CheckTracker] = {}
         self.services: dict[str, ServiceTracker] = {}
         self.offline = OfflineDetector(frozenset())
+        self.canaries: dict[str, Canary] = {}
+        self._canary_last: dict[str, ProbeResult] = {}
+        self._clock = float("-inf")  # the latest probe start processed
+        # Service windows opened but not yet announced: service -> (event, announce from)
+        self._quiet: dict[str, tuple[WindowOpened, float]] = {}
         self._held: deque[Observation] = deque()
         self._queue: asyncio.Queue[ProbeResult | None] = asyncio.Queue()
         self._consumer: asyncio.Task[None] | None = None
@@ -114,17 +131,23 @@ class Pipeline:
             self.trackers[check.key] = tracker
         self.services = {s.id: self.services.get(s.id) or ServiceTracker(s.id) for s in config.services}
         self.check_configs = {c.key: c for c in config.checks}
+        self.canaries = {c.check.id: c for c in config.connectivity}
+        self._canary_last = {k: v for k, v in self._canary_last.items() if k in self.canaries}
         self.offline.hosts = frozenset(c.host for c in config.checks)
-        self.hold_limit = min(MAX_HOLD, max((c.interval + c.timeout for c in config.checks), default=0))
+        self.offline.canaries = frozenset(self.canaries)
+        self.hold_limit = min(MAX_HOLD, max((c.interval + c.timeout for c in (
+            *config.checks, *(k.check for k in config.connectivity))), default=0))
         self.live.set_services(config.services)
+        self.live.checks_skipped = len(config.skipped)
         return orphans
 
     def restore(self, open_windows: Sequence[OutageWindow], windows: Sequence[OutageWindow],
                 transitions: Sequence[StateChanged], gaps: Sequence[Gap],
-                first_seen: dict[tuple[str, str], float], last_seen: float) -> list[Event]:
-        """Resume after a restart: open windows stay open; history feeds availability.
-        Returns the events that close windows of checks no longer configured (at
-        `last_seen`, when the previous run was last alive)."""
+                first_seen: dict[tuple[str, str], float], last_seen: float,
+                since: float = float("-inf")) -> list[Event]:
+        """Resume after a restart: open windows stay open; history (from `since` on)
+        feeds availability. Returns the events that close windows of checks no longer
+        configured (at `last_seen`, when the previous run was last alive)."""
         orphans: list[Event] = []
         for w in open_windows:
             known = self.services.get(w.service) if w.check is None else self.trackers.get(
@@ -154,8 +177,11 @@ class Pipeline:
                 stats.set_state(State(t.state), t.at)
         for key, stats in self.live.checks.items():
             stats.first_seen = first_seen.get(key, stats.first_seen)
+            if stats.first_seen is not None and stats.first_seen < since:
+                # Seen before the history begins: its state then is not in the history.
+                stats.first_known = min(stats.first_known or stats.first_seen, stats.first_seen)
             tracker = self.trackers[key]
-            stats.state = tracker.state
+            stats.set_state(tracker.state, last_seen, RESTARTED)  # unknown until it is probed again
             stats.window = tracker.window
             stats.outages_opened = 0  # a counter: counts windows opened by this process
         self.live.gaps = list(gaps)
@@ -163,46 +189,85 @@ class Pipeline:
 
     def process(self, result: ProbeResult) -> list[Event]:
         """Decide the events one result causes (no I/O)."""
+        self._clock = max(self._clock, result.started)
+        if result.service == CANARY_SERVICE:
+            return self._process_canary(result)
         key = (result.service, result.check)
         check = self.check_configs.get(key)
         if check is None:  # removed by a reload while probing
             return []
         at = result.started
         events: list[Event] = list(self.offline.observe(check.host, at, result.reason))
-        if any(isinstance(e, GapOpened) for e in events):
-            # The failures that led here were the monitor's, not the services'.
-            for t in self.trackers.values():
-                t.forget_pending(self.offline.gap.start if self.offline.gap else at)
+        events += self._went_offline(events, at)
         obs = Observation(key, check.host, at, result)
         held_keys = {o.key for o in self._held}
-        if key in held_keys or (result.reason in OFFLINE_REASONS and len(self.offline.hosts) >= 2):
+        if key in held_keys or self.offline.holds(result.reason):
             self._held.append(obs)  # a check's later results wait behind its held ones
         else:
             events += self._observe(obs)
+        return events + self._release(at)
+
+    def _process_canary(self, result: ProbeResult) -> list[Event]:
+        if result.check not in self.canaries:  # removed by a reload while probing
+            return []
+        self._canary_last[result.check] = result
+        at = result.started
+        events = self.offline.observe_canary(result.check, at, result.reason is Reason.OK)
+        events += self._went_offline(events, at)
+        return events + self._release(at)
+
+    def _release(self, at: float) -> list[Event]:
+        """Observe the held results whose offline question is decided (or held too long)."""
+        events: list[Event] = []
         while self._held and (self.offline.decided(self._held[0].host, self._held[0].at)
                               or at - self._held[0].at > self.hold_limit):
             events += self._observe(self._held.popleft())
         return events
+
+    def _went_offline(self, events: list[Event], at: float) -> list[Event]:
+        """When a gap opened: the failures that led here were the monitor's, not the
+        services'; and from now on nothing is known about any check or service."""
+        if self.offline.gap is None or not any(isinstance(e, GapOpened) for e in events):
+            return []
+        for t in self.trackers.values():
+            t.forget_pending(self.offline.gap.start)
+        out: list[Event] = []
+        for t in self.trackers.values():
+            out += t.observe(at, None, why=OFFLINE)
+        for sid, service in self.services.items():
+            config = self.service_configs[sid]
+            if not any(m.active(at) for m in config.maintenance):
+                out += service.update(UNKNOWN, at)
+        return out
 
     def _observe(self, obs: Observation) -> list[Event]:
         tracker = self.trackers.get(obs.key)
         service = self.service_configs.get(obs.key[0])
         if tracker is None or service is None:
             return []
+        result = obs.result
         in_maintenance = any(m.active(obs.at) for m in service.maintenance)
-        unknown = in_maintenance or self.offline.covers(obs.at)
-        level = None if unknown else level_of(obs.result)
-        check_events = tracker.observe(obs.at, level, obs.result.reason.value)
-        return [*check_events, *self._service_events(service, check_events, obs.at, in_maintenance)]
+        # Offline now, offline then, or made before a gap that has opened since (held
+        # for the decision, and by then most likely ours): nothing to say of the service.
+        offline = self.offline.offline or self.offline.covers(obs.at) or self.offline.started_after(obs.at)
+        if in_maintenance:
+            level, why = None, "under maintenance"
+        elif offline:
+            level, why = None, OFFLINE
+        else:
+            level = level_of(result)
+            why = "" if result.success else _failure(result)
+        check_events = tracker.observe(obs.at, level, result.reason.value, why)
+        return [*check_events, *self._service_events(service, check_events, obs.at, in_maintenance, offline)]
 
     def _service_events(self, service: ServiceConfig, check_events: list[Event], at: float,
-                        in_maintenance: bool) -> list[Event]:
+                        in_maintenance: bool, offline: bool) -> list[Event]:
+        if offline and not in_maintenance:
+            return self.services[service.id].update(UNKNOWN, at)
         # An open window counts even while the check is momentarily unknown (a bot wall
         # mid-outage must not end the service's outage).
         states = [(t.critical, State(t.window.kind) if t.window else t.state)
                   for t in (self.trackers[c.key] for c in service.checks)]
-        if not in_maintenance and all(s is State.UNKNOWN for critical, s in states if critical):
-            return []  # nothing known about the service: keep its last status
         status = service_status(states, in_maintenance)
         opened = [e.window.start for e in check_events if isinstance(e, WindowOpened)]
         closed = [e.window.end for e in check_events if isinstance(e, WindowClosed) and e.window.end]
@@ -211,10 +276,12 @@ class Pipeline:
 
     async def handle(self, result: ProbeResult) -> None:
         """Take a result: counted at once, its outage events decided and published in order
-        by the consumer task (see `start`)."""
-        self.live.record(result)
-        if self.store is not None:
-            self.store.add_result(result)
+        by the consumer task (see `start`). A canary's result is neither counted nor
+        stored: it only decides whether the monitor is offline."""
+        if result.service != CANARY_SERVICE:
+            self.live.record(result)
+            if self.store is not None:
+                self.store.add_result(result)
         if self._consumer is None:  # not started: process inline (tests, `aipulse once`)
             events = self.process(result)
             if events:
@@ -282,6 +349,7 @@ class Pipeline:
                 log.debug("storing %d events failed: %s", len(events), exc)
         for event in events:
             self._publish(event)
+        self._announce_due()
 
     def _publish(self, event: Event) -> None:
         live = self.live
@@ -289,21 +357,32 @@ class Pipeline:
             if event.check is None:
                 if (sstats := live.services.get(event.service)) is not None:
                     sstats.status = event.state
-                log.info("%s is %s", event.service, event.state)
+                if not (event.state == UNKNOWN and live.monitor_offline):  # the gap's line says it
+                    log.info("%s is %s", event.service, event.state)
             elif (stats := live.checks.get((event.service, event.check))) is not None:
-                stats.set_state(State(event.state), event.at)
-                # down/degraded are logged with their window; here: losing and regaining sight.
-                if event.state == State.UNKNOWN and stats.last is not None:
-                    log.info("%s/%s is unknown (%s: %s)", event.service, event.check,
-                             stats.last.reason, stats.last.detail)
-                elif stats.unknown_spans and stats.unknown_spans[-1][1] == event.at:
-                    log.info("%s/%s is %s again", event.service, event.check, event.state)
+                was_unknown_why = stats.unknown_why
+                stats.set_state(State(event.state), event.at, event.why)
+                # down/degraded are logged with their window; here: losing and regaining
+                # sight (not one line per check when the monitor itself goes offline).
+                name = f"{event.service}/{event.check}"
+                if event.state == State.UNKNOWN:
+                    if event.why not in _SILENT:
+                        log.info("%s is unknown: %s", name, event.why or "no result")
+                elif (stats.unknown_spans and stats.unknown_spans[-1][1] == event.at
+                      and was_unknown_why not in _SILENT):
+                    if event.why:
+                        log.info("%s is seen again, failing (%s); no outage window (yet)", name, event.why)
+                    else:
+                        log.info("%s is %s again", name, event.state)
         elif isinstance(event, WindowUpdated):
             w = event.window
             if w.check is None and (sstats := live.services.get(w.service)) is not None:
                 sstats.window = w
                 if w.kind == "down":
                     sstats.last_down = w
+            quiet = self._quiet.get(w.service) if w.check is None else None
+            if quiet is not None and quiet[0].window.start == w.start:
+                self._quiet[w.service] = (WindowOpened(w), quiet[1])
         elif isinstance(event, (WindowOpened, WindowClosed)):
             w = event.window
             if w.check is None:
@@ -313,19 +392,65 @@ class Pipeline:
                         sstats.last_down = w
             elif (stats := live.checks.get((w.service, w.check))) is not None:
                 _apply_window(stats, event)
-            _log_window(event)
-            if self.notifier is not None:
-                self.notifier.publish(event)
+            if w.check is None:
+                self._announce_service_window(event)
+            else:
+                self._announce(event)
         elif isinstance(event, GapOpened):
             live.gaps.append(event.gap)
-            log.warning("monitor offline since %s: every host fails with dns/connect; "
-                        "this time counts as unknown", _clock(event.gap.start))
+            if event.gap.cause == "offline":
+                log.warning("monitor offline since %s: %s; this time counts as unknown",
+                            _clock(event.gap.start), self._offline_why())
         elif isinstance(event, GapClosed):
             live.gaps = [g for g in live.gaps if g.start != event.gap.start or g.end is not None]
             live.gaps.append(event.gap)
+            took = format_duration((event.gap.end or event.gap.start) - event.gap.start)
             if event.gap.cause == "offline":
-                log.warning("monitor back online after %s", format_duration(
-                    (event.gap.end or event.gap.start) - event.gap.start))
+                log.warning("monitor back online after %s", took)
+            else:
+                log.info("not running from %s to %s (%s): this time counts as unknown",
+                         _clock(event.gap.start), _clock(event.gap.end or event.gap.start), took)
+
+    def _offline_why(self) -> str:
+        if not self.canaries:
+            return "every host fails with dns/connect"
+        # host names only: a URL's path or query is nobody's business in a log line
+        failures = ", ".join(f"{self.canaries[k].check.host}: {r.reason}"
+                             for k, r in self._canary_last.items() if k in self.canaries)
+        return f"every connectivity canary fails ({failures})"
+
+    def _announce(self, event: WindowOpened | WindowClosed) -> None:
+        _log_window(event)
+        if self.notifier is not None:
+            self.notifier.publish(event)
+
+    def _announce_service_window(self, event: WindowOpened | WindowClosed) -> None:
+        """A service window's open is announced once the window cannot turn out shorter
+        than one interval (see the module docstring); one that does is never announced."""
+        w = event.window
+        config = self.service_configs.get(w.service)
+        checks = config.checks if config is not None else ()
+        shortest = min((c.interval for c in checks), default=0.0)
+        if isinstance(event, WindowOpened):
+            # How far back a close can be dated: a check window's end (its first good
+            # probe of close_after) or the start of a worse one (its first of open_after).
+            backdate = max((max(c.open_after, c.close_after) * c.interval for c in checks), default=0.0)
+            self._quiet[w.service] = (event, w.start + shortest + backdate)
+            return
+        quiet = self._quiet.pop(w.service, None)
+        if quiet is not None and quiet[0].window.start == w.start:
+            if w.duration(w.start) < shortest:
+                log.debug("%s: a %s window of %s, shorter than one interval: not announced", w.service,
+                          w.kind, format_duration(w.duration(w.start)))
+                return
+            self._announce(quiet[0])
+        self._announce(event)
+
+    def _announce_due(self) -> None:
+        for sid, (event, due) in list(self._quiet.items()):
+            if self._clock >= due:
+                del self._quiet[sid]
+                self._announce(event)
 
 
 def restart_gap_events(gaps: Sequence[Gap], heartbeat: float | None, now: float) -> list[Event]:
@@ -339,6 +464,11 @@ def restart_gap_events(gaps: Sequence[Gap], heartbeat: float | None, now: float)
         gap = Gap(heartbeat, None, "not_running")
         events += [GapOpened(gap), GapClosed(replace(gap, end=now))]
     return events
+
+
+def _failure(result: ProbeResult) -> str:
+    """'overloaded: HTTP 503 ...' for a log line."""
+    return f"{result.reason}: {result.detail}" if result.detail else str(result.reason)
 
 
 def _apply_window(stats: CheckStats, event: WindowOpened | WindowClosed) -> None:

@@ -2,7 +2,8 @@
 
     GET /metrics   Prometheus text, or OpenMetrics when the Accept header asks
     GET /healthz   200 while the event loop is alive
-    GET /readyz    200 once the config is loaded and the first round is scheduled
+    GET /readyz    200 once the config is loaded and the first round is scheduled;
+                   503 while no check is active (all skipped, or an empty shard)
     GET /api/v1/status, /api/v1/outages   see monitor.api
     POST /-/reload reload the config (as SIGHUP does)
     GET /, /services/<id>   the HTML status page, see monitor.page
@@ -77,9 +78,13 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    if request.app[api.LIVE].ready:
-        return web.Response(text="ready\n")
-    return web.Response(status=503, text="not ready\n")
+    live = request.app[api.LIVE]
+    if not live.ready:
+        return web.Response(status=503, text="not ready\n")
+    if not live.checks:  # running, but watching nothing: not what anyone deployed it for
+        skipped = f" ({live.checks_skipped} skipped for a missing key)" if live.checks_skipped else ""
+        return web.Response(status=503, text=f"not ready: no active checks{skipped}\n")
+    return web.Response(text="ready\n")
 
 
 async def reload(request: web.Request) -> web.Response:

@@ -23,6 +23,7 @@ from monitor.rollup import (
     OPERATIONAL,
     PARTIAL_OUTAGE,
     UNDER_MAINTENANCE,
+    UNKNOWN,
     OfflineDetector,
     ServiceTracker,
     service_status,
@@ -63,6 +64,14 @@ def test_availability(first_seen: float | None, down: list, unknown: list, expec
         ([(True, State.UNKNOWN), (True, State.UP)], False, OPERATIONAL),
         ([(True, State.DOWN), (True, State.UNKNOWN)], False, PARTIAL_OUTAGE),
         ([(True, State.DOWN)], True, UNDER_MAINTENANCE),
+        ([(True, State.UNKNOWN)], True, UNDER_MAINTENANCE),
+        # unknown: nothing is known about any critical check
+        ([(True, State.UNKNOWN), (True, State.UNKNOWN)], False, UNKNOWN),
+        ([(True, State.UNKNOWN), (False, State.UP)], False, UNKNOWN),
+        ([(True, State.UNKNOWN), (False, State.DOWN)], False, UNKNOWN),
+        ([(False, State.UNKNOWN)], False, UNKNOWN),  # no critical check: every check counts
+        ([(False, State.UP)], False, OPERATIONAL),
+        ([], False, UNKNOWN),  # every check skipped
     ],
 )
 def test_service_status(checks: list[tuple[bool, State]], maintenance: bool, expected: str) -> None:
@@ -71,7 +80,9 @@ def test_service_status(checks: list[tuple[bool, State]], maintenance: bool, exp
 
 def test_service_tracker_windows_follow_status() -> None:
     t = ServiceTracker("svc")
-    assert t.update(OPERATIONAL, 0) == []
+    assert t.status == UNKNOWN  # nothing known before the first results
+    assert [(e.state, e.at) for e in t.update(OPERATIONAL, 0)] == [(OPERATIONAL, 0)]  # type: ignore[union-attr]
+    assert t.update(OPERATIONAL, 1) == []
     [_, opened] = t.update(PARTIAL_OUTAGE, 30, start_hint=10)
     assert isinstance(opened, WindowOpened)
     assert (opened.window.kind, opened.window.start, opened.window.severity) == ("down", 10, PARTIAL_OUTAGE)
@@ -98,6 +109,27 @@ def test_offline_needs_every_host_failing_with_dns_or_connect() -> None:
     assert not d.offline
     single = OfflineDetector(frozenset({"a"}))
     assert single.observe("a", 1, Reason.DNS) == []  # one host cannot tell us apart from it
+
+
+def test_offline_by_canaries_starts_after_the_last_answer() -> None:
+    """With canaries the services decide nothing; the gap starts at the first failure
+    after the last answer of any canary (c1 failed at 10, but c2 answered at 11)."""
+    d = OfflineDetector(frozenset({"a", "b"}), canaries=frozenset({"c1", "c2"}))
+    assert d.observe("a", 9, Reason.DNS) == [] and d.observe("b", 9, Reason.DNS) == []
+    assert d.holds(Reason.TIMEOUT) and not d.holds(Reason.HTTP_5XX)
+    assert d.observe_canary("c1", 10, answered=False) == []
+    assert d.observe_canary("c2", 11, answered=True) == []
+    [opened] = d.observe_canary("c2", 12, answered=False)
+    assert isinstance(opened, GapOpened) and opened.gap.start == 12
+    assert d.decided("a", 10) and not d.decided("a", 10.5)  # c1 last spoke at 10
+    [closed] = d.observe_canary("c1", 20, answered=True)
+    assert isinstance(closed, GapClosed) and (closed.gap.start, closed.gap.end) == (12, 20)
+    assert d.covers(15) and not d.covers(21) and d.started_after(11) and not d.started_after(12)
+    # out of order: c1's failure started at 30 arrives after its answer started at 31;
+    # the later probe has spoken
+    late = OfflineDetector(frozenset({"a"}), canaries=frozenset({"c1"}))
+    assert late.observe_canary("c1", 31, answered=True) == []
+    assert late.observe_canary("c1", 30, answered=False) == [] and not late.offline
 
 
 # --- the pipeline over a scripted hour ----------------------------------------

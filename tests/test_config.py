@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from monitor.config import CheckConfig, Config, ConfigError, load_file, parse
+from monitor.config import CANARY_SERVICE, ID, CheckConfig, Config, ConfigError, load_file, parse
 from monitor.vendorformats import PageSpec
 
 INVALID_DIR = Path(__file__).parent / "config" / "invalid"
@@ -208,6 +208,26 @@ INVALID: dict[str, str] = {
         'negative-size.yaml:6: services.demo.checks.home.max_body_bytes: invalid size -1 (must not be '
         'negative)'
     ),
+    'bad-canary.yaml': (
+        'bad-canary.yaml:3: connectivity[1]: invalid canary "1.1.1.1" (use a URL like '
+        'https://www.gstatic.com/generate_204, or host:port like 1.1.1.1:443)\n'
+        'bad-canary.yaml:4: connectivity[2]: invalid URL "ftp://example.com/" (must be http:// or '
+        'https:// with a host)'
+    ),
+    'wrong-type-connectivity.yaml': (
+        'wrong-type-connectivity.yaml:1: connectivity: must be a list of targets (URLs, or host:port), '
+        'got a string'
+    ),
+    'unknown-connectivity-key.yaml': (
+        'unknown-connectivity-key.yaml:3: connectivity.every: unknown key "every" (known: interval, '
+        'targets, timeout)'
+    ),
+    'connectivity-timeout-exceeds-interval.yaml': (
+        'connectivity-timeout-exceeds-interval.yaml:3: connectivity.timeout: timeout (6s) must not '
+        'exceed interval (5s)'
+    ),
+    'connectivity-without-targets.yaml':
+        'connectivity-without-targets.yaml:1: connectivity: needs a list of targets (URLs, or host:port)',
     'no-checks.yaml':
         'no-checks.yaml:4: services.demo.checks: no checks (a service needs at least one)',
     'no-services.yaml':
@@ -255,8 +275,8 @@ INVALID: dict[str, str] = {
         'days, headers, json, max_latency, max_stall, max_ttft, status)'
     ),
     'unknown-key.yaml': (
-        'unknown-key.yaml:2: service: unknown key "service" (known: defaults, limits, listen, locat'
-        'ion, notify, public_url, services, status_page_interval, storage, web_config)'
+        'unknown-key.yaml:2: service: unknown key "service" (known: connectivity, defaults, limits, '
+        'listen, location, notify, public_url, services, status_page_interval, storage, web_config)'
     ),
     'unknown-limits-key.yaml': (
         'unknown-limits-key.yaml:2: limits.max_inflight: unknown key "max_inflight" (known: '
@@ -535,6 +555,43 @@ def test_status_page_with_format_and_components() -> None:
     assert service.status_page == "https://status.cloud.google.com/incidents.json"
     assert service.status_page_spec == PageSpec("https://status.cloud.google.com/incidents.json", "gcloud",
                                                 ("Vertex Gemini API",), 32 * 1024 * 1024)
+
+
+def test_connectivity_canaries_list_and_mapping() -> None:
+    """A list takes interval and timeout from `defaults:`; the mapping form sets its own.
+    A URL canary accepts any HTTP status (an answer is an answer); host:port is a TCP
+    connect. Canaries are not services: no check, no service comes of them."""
+    cfg = config("""\
+        defaults: {interval: 20s, timeout: 4s}
+        connectivity:
+          - https://www.gstatic.com/generate_204
+          - 1.1.1.1:443
+          - "[2606:4700:4700::1111]:443"
+        services:
+          s:
+            checks:
+              c: {url: "https://x.example/"}
+        """)
+    assert [(k.target, k.check.url, k.is_tcp) for k in cfg.connectivity] == [
+        ("https://www.gstatic.com/generate_204", "https://www.gstatic.com/generate_204", False),
+        ("1.1.1.1:443", "tcp://1.1.1.1:443", True),
+        ("[2606:4700:4700::1111]:443", "tcp://[2606:4700:4700::1111]:443", True),
+    ]
+    first = cfg.connectivity[0].check
+    assert (first.interval, first.timeout) == (20.0, 4.0)
+    assert [first.expect.accepts(s) for s in (101, 204, 302, 404, 503, 599)] == [True] * 6
+    assert first.service == CANARY_SERVICE and not ID.fullmatch(first.service)
+    assert [c.key for c in cfg.checks] == [("s", "c")]
+    own = config("""\
+        connectivity: {interval: 10s, timeout: 2s, targets: [example.net:53]}
+        services:
+          s:
+            checks:
+              c: {url: "https://x.example/"}
+        """)
+    assert [(k.check.url, k.check.interval, k.check.timeout) for k in own.connectivity] == [
+        ("tcp://example.net:53", 10.0, 2.0)]
+    assert config("services:\n  s:\n    checks:\n      c: {url: 'https://x.example/'}\n").connectivity == ()
 
 
 @pytest.mark.parametrize(("listen", "host", "port"), [

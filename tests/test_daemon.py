@@ -160,7 +160,7 @@ def test_check_config_accepts_the_bundled_config() -> None:
     proc = aipulse("check-config", "-c", str(ROOT / "config.yaml"))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == (f"{ROOT / 'config.yaml'}: ok (27 services, 22 with a status page, "
-                                   "74 checks)")
+                                   "74 checks, 4 connectivity canaries)")
 
 
 def test_the_bundled_inference_checks_are_ready_to_enable() -> None:

@@ -167,7 +167,7 @@ def test_outages_api_rejects_bad_queries(tmp_path: Path, target: Target) -> None
             assert r.status_code == 400, query
             assert r.headers["content-type"].startswith("application/json")
             assert message in r.json()["error"], (query, r.json())
-        assert d.get("/api/v1/outages", params={"since": "7d"}).json() == {"outages": []}
+        assert d.get("/api/v1/outages", params={"since": "7d"}).json() == {"outages": [], "truncated": False}
 
 
 def test_cli_outages_reads_the_database_while_the_daemon_runs(tmp_path: Path) -> None:

@@ -124,7 +124,7 @@ def test_rules_and_dashboard_on_a_real_prometheus(tmp_path: Path) -> None:
             # goes down (partial outage: its website stays up).
             target.mode["alpha-api"] = "503"
             try:
-                wait_for(lambda: len(prom.query('aipulse_service_status{location="e2e"}')) == 10,
+                wait_for(lambda: len(prom.query('aipulse_service_status{location="e2e"}')) == 12,
                          timeout=20, every=0.2)
 
                 # (a) Every query of the dashboard parses and runs, for "All" and for one

@@ -116,7 +116,7 @@ def quantiles(metric: str, selector: str, by: str, qs: tuple[float, ...],
 
 
 def panels() -> list[dict[str, Any]]:
-    service_status = coded("aipulse_service_status", SERVICE, "status", STATUS_CODES[1:], "service, location")
+    service_status = coded("aipulse_service_status", SERVICE, "status", STATUS_CODES, "service, location")
     vendor_status = coded("aipulse_vendor_status", SERVICE, "status", STATUS_CODES, "service, location")
     check_state = coded("aipulse_check_state", CHECK, "state", STATE_CODES, "service, check, location")
     down_since = (f"max by (service, check, location) (aipulse_outage_last_start_timestamp_seconds{{{CHECK}}}"
