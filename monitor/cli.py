@@ -22,12 +22,14 @@ from monitor.config import (
     load_file,
     parse_listen,
 )
+from monitor.listener import DEFAULT_MAX_CONNECTIONS
+from monitor.logs import printable
 from monitor.probes import Prober
 from monitor.result import ProbeResult
 from monitor.scheduler import Scheduler
 from monitor.store import StorageError
 from monitor.units import format_duration, parse_time, rfc3339
-from monitor.webconfig import WebConfigError
+from monitor.webconfig import WebConfigError, load_web_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,6 +61,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--location", help="value of the location label on every series")
     run.add_argument("--shard", metavar="I/N", help="probe only shard I of N (1-based) of the checks; "
                      "N instances of one location, same config, split it without overlap")
+    run.add_argument("--web.enable-lifecycle", dest="enable_lifecycle", action="store_true",
+                     help="allow POST /-/reload (as Prometheus); off by default: SIGHUP always reloads")
+    run.add_argument("--web.max-connections", dest="max_connections", type=_positive_int,
+                     default=DEFAULT_MAX_CONNECTIONS, metavar="N",
+                     help=f"most connections served at once (default {DEFAULT_MAX_CONNECTIONS}, as "
+                     "Prometheus); at the cap the longest idle one is closed to let a new one in")
     run.set_defaults(func=cmd_run)
 
     check = sub.add_parser("check-config", help="validate the config and exit")
@@ -92,13 +100,25 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _load(args: argparse.Namespace) -> Config | None:
     path = args.config or default_path()
     try:
-        return load_file(path)
+        cfg = load_file(path)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return None
+    logs.redact_with(logs.config_redactor(cfg))  # what this command logs stays clean too
+    return cfg
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -140,6 +160,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"--shard: {exc}", file=sys.stderr)
             return 2
     cfg = dataclasses.replace(cfg, **overrides)  # type: ignore[arg-type]
+    if cfg.web_config:
+        try:  # an empty, unreadable or wrong web config must not start an open server
+            load_web_config(cfg.web_config)
+        except WebConfigError as exc:
+            print(f"web_config: {exc}", file=sys.stderr)
+            return 2
     try:
         factory = event_loop.loop_factory()  # uvloop when installed, or as AIPULSE_LOOP says
     except ValueError as exc:
@@ -152,8 +178,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     _return_freed_memory()
     try:
         with asyncio.Runner(loop_factory=factory) as runner:
-            runner.run(Daemon(cfg, overrides).run())
-    except (OSError, StorageError, WebConfigError) as exc:  # port taken, database unusable, ...
+            runner.run(Daemon(cfg, overrides, lifecycle=args.enable_lifecycle,
+                              max_connections=args.max_connections).run())
+    except WebConfigError as exc:  # it changed between the check above and the start
+        logging.getLogger("aipulse").error("cannot start: %s", exc)
+        return 2
+    except (OSError, StorageError) as exc:  # port taken, database unusable, ...
         logging.getLogger("aipulse").error("cannot start: %s", exc)
         return 1
     return 0
@@ -252,7 +282,8 @@ def cmd_outages(args: argparse.Namespace) -> int:
     table = [("SERVICE", "CHECK", "KIND", "SEVERITY", "START", "END", "DURATION", "REASON")]
     for r in rows:
         table.append((r["service"], r["check"] or "-", r["kind"], r["severity"], r["start"],
-                      r["end"] or "open", format_duration(r["duration_seconds"]), r["reason"]))
+                      r["end"] or "open", format_duration(r["duration_seconds"]),
+                      printable(r["reason"] or "")))
     print(_columns(table))
     if not rows:
         print(f"no outage windows since {rfc3339(since)}")
@@ -269,8 +300,10 @@ def format_table(results: list[ProbeResult]) -> str:
     rows = [("SERVICE", "CHECK", "RESULT", "HTTP", "TIME", "DETAIL")]
     for r in results:
         outcome = "degraded" if r.degraded else r.reason.value
+        # A detail quotes what the target sent: control characters would reach the
+        # operator's terminal (colours, cursor moves, a retitled window) unless escaped.
         rows.append((r.service, r.check, outcome, str(r.status_code or "-"),
-                     f"{r.duration * 1000:.0f}ms", r.detail[:80]))
+                     f"{r.duration * 1000:.0f}ms", printable(r.detail.replace("\n", " "))[:80]))
     return _columns(rows)
 
 

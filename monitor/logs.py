@@ -39,13 +39,16 @@ import os
 import re
 import sys
 import time
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from monitor.redact import Redactor
+from monitor.redact import Redactor, url_secrets
 from monitor.units import rfc3339
 
+if TYPE_CHECKING:
+    from monitor.config import Config
+
 __all__ = ["FORMATS", "JSONFormatter", "JournalFormatter", "RedactingFilter", "ServerErrorFilter",
-           "journal_stream", "printable", "redact_with", "setup"]
+           "config_redactor", "journal_stream", "printable", "redact_with", "setup"]
 
 FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -154,6 +157,20 @@ def redact_with(redactor: Redactor) -> None:
     secrets and notification URLs); called at start and on every reload."""
     global _process_redactor
     _process_redactor = redactor
+
+
+def config_redactor(cfg: Config) -> Redactor:
+    """What a config's log lines must not show: its secrets (${VAR}, ${file:...},
+    credential-like literals), webhook HMAC keys, and the notification URLs
+    (webhooks, notify targets), literal or not, with the tokens they carry."""
+    secrets = set(cfg.secrets) | {w.secret for w in cfg.webhooks if w.secret}
+    whole: set[str] = set()
+    urls = [w.url for w in cfg.webhooks] + [t.url for t in getattr(cfg, "targets", ())]
+    for url in urls:
+        more, entire = url_secrets(url)
+        secrets |= more
+        whole |= entire
+    return Redactor(secrets, whole)
 
 
 class RedactingFilter(logging.Filter):
