@@ -66,7 +66,7 @@ def parse_time(text: str, now: float) -> float:
     """RFC 3339 ('2025-01-27T13:33:00Z') or an age ('7d', '24h' = that long ago) -> epoch."""
     text = text.strip()
     try:
-        epoch = now - parse_duration(text)
+        epoch = max(EARLIEST, now - parse_duration(text))  # an age older than year 1: all of it
     except ValueError:
         epoch = None
     if epoch is None:

@@ -77,8 +77,10 @@ class RunningDaemon:
 
 @contextmanager
 def start_daemon(config: dict[str, Any], tmp_path: Path, db: Path | None = None,
-                 log_name: str = "daemon.log", **client: Any) -> Iterator[RunningDaemon]:
-    """`aipulse run` in a subprocess on a free port, ready when /readyz says so."""
+                 log_name: str = "daemon.log", run_args: tuple[str, ...] = (),
+                 **client: Any) -> Iterator[RunningDaemon]:
+    """`aipulse run` in a subprocess on a free port, ready when /readyz says so;
+    `run_args` are more flags for `aipulse run` (e.g. --web.enable-lifecycle)."""
     port = free_port()
     config = {"listen": f"127.0.0.1:{port}", **config}
     cfg = tmp_path / "config.yaml"
@@ -87,6 +89,7 @@ def start_daemon(config: dict[str, Any], tmp_path: Path, db: Path | None = None,
     args = [sys.executable, "-m", "monitor.cli", "run", "-c", str(cfg)]
     if db is not None:
         args += ["--db", str(db)]
+    args += run_args
     with log.open("w") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
                                 env={k: v for k, v in os.environ.items() if k != "STATE_DIRECTORY"})
