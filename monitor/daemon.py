@@ -210,7 +210,9 @@ class Daemon:
         # The notifier logs one line per delivery given up; stamina's own per-retry
         # warnings would repeat it for every attempt.
         stamina.instrumentation.set_on_retry_hooks([])
-        return Notifier(cfg.webhooks, cfg.location, self.prober.redact,
+        # The log lines' redactor: it knows the webhook URLs too (a receiver's error can
+        # echo the path); a narrower one first would leave the tail of a token behind.
+        return Notifier(cfg.webhooks, cfg.location, logs.config_redactor(cfg),
                         titles={s.id: s.title for s in cfg.services})
 
     @staticmethod

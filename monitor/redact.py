@@ -121,7 +121,10 @@ class Redactor:
         """`secrets` get every rule; `whole` strings (a webhook URL: its start is an
         ordinary `https://host`) are redacted only where they appear entire."""
         self.secrets = frozenset(s for s in secrets if len(s) >= MIN_SECRET)
-        table = _Table(self.secrets, whole)
+        # "Bearer sk-..." whose credential is a secret of its own: the scheme word is
+        # no secret, so that form is redacted whole, not from its first 6 characters.
+        schemed = {s for s in self.secrets if " " in s and s.split(" ", 1)[1] in self.secrets}
+        table = _Table(self.secrets - schemed, {*whole, *schemed})
         self._tables: tuple[_Table, ...] = (table,) if table else ()
 
     def with_secrets(self, more: Iterable[str]) -> Redactor:

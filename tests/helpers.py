@@ -77,7 +77,7 @@ class RunningDaemon:
 
 @contextmanager
 def start_daemon(config: dict[str, Any], tmp_path: Path, db: Path | None = None,
-                 log_name: str = "daemon.log", run_args: tuple[str, ...] = (),
+                 log_name: str = "daemon.log", run_args: tuple[str, ...] = (), log_format: str = "text",
                  preexec_fn: Callable[[], None] | None = None, **client: Any) -> Iterator[RunningDaemon]:
     """`aipulse run` in a subprocess on a free port, ready when /readyz says so;
     `run_args` are more flags for `aipulse run` (e.g. --web.enable-lifecycle),
@@ -87,7 +87,7 @@ def start_daemon(config: dict[str, Any], tmp_path: Path, db: Path | None = None,
     cfg = tmp_path / "config.yaml"
     cfg.write_text(yaml.safe_dump(config))
     log = tmp_path / log_name
-    args = [sys.executable, "-m", "monitor.cli", "run", "-c", str(cfg)]
+    args = [sys.executable, "-m", "monitor.cli", "--log-format", log_format, "run", "-c", str(cfg)]
     if db is not None:
         args += ["--db", str(db)]
     args += run_args
