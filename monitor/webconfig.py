@@ -24,7 +24,8 @@ Where we differ from the toolkit, we are stricter, never looser: an empty file, 
 empty section (a truncated file) or TLS settings without a certificate are errors,
 not "serve openly"; and what Python's ssl module cannot do is refused with the
 reason: accepting a client certificate without verifying it (`RequireAnyClientCert`),
-and more than one curve in `curve_preferences`. `RequestClientCert` does not ask for
+and more than one curve in `curve_preferences` (with TLS 1.2, OpenSSL also holds
+ECDSA certificates, ours and the clients', to that one curve). `RequestClientCert` does not ask for
 a certificate: the toolkit verifies nothing it would get, so every client gets the
 same answer either way.
 """
@@ -124,7 +125,7 @@ def load_web_config(path: str | Path) -> WebConfig:
         return WebConfigError(f"{path}:{src.line(key_path)}: {where}{message}")
 
     data = src.data
-    if data is None:
+    if data is None or data == {}:  # an empty document, only comments, or {}
         raise fail((), "the file is empty: it would turn TLS and basic auth off without a word "
                    "(remove web_config to serve without them)")
     check = _Checker(fail)
