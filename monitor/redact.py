@@ -180,6 +180,7 @@ def url_secrets(url: str) -> tuple[set[str], set[str]]:
     secrets = {parts.query} if parts.query else set()
     if parts.scheme not in ("http", "https"):
         secrets |= {parts.netloc, unquote(parts.netloc)}
+        secrets |= {p for p in re.split(r"[:@]", unquote(parts.netloc)) if _TOKENISH.match(p)}
     if "@" in parts.netloc:
         userinfo = parts.netloc.rsplit("@", 1)[0]
         secrets |= {userinfo, unquote(userinfo), *(unquote(p) for p in userinfo.split(":", 1))}
