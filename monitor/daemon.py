@@ -48,6 +48,7 @@ class Daemon:
         self.lifecycle = lifecycle  # --web.enable-lifecycle: POST /-/reload allowed
         self.max_connections = max_connections  # --web.max-connections
         self._nofile = 0
+        self._status_sent: str | None = None  # the last STATUS= told to systemd
         self.db_path = database_path(config.storage_path)
         self.live = LiveState()
         self.registry = make_registry(self.live, config.location)
@@ -109,7 +110,8 @@ class Daemon:
                      "(%s)", len(cfg.checks), len(cfg.services),
                      "https" if web_config.ssl_context else "http", cfg.listen_host, self.port, self.db_path,
                      event_loop.name())
-            self.sd.ready(self._sd_status())  # after /readyz turned 200
+            self._status_sent = self._sd_status()
+            self.sd.ready(self._status_sent)  # after /readyz turned 200
             await self._stop.wait()
             log.info("stopping")
         finally:
@@ -139,7 +141,8 @@ class Daemon:
             try:
                 return await self._reload()
             finally:
-                self.sd.ready(self._sd_status())  # READY=1 ends the reload, failed or not
+                self._status_sent = self._sd_status()
+                self.sd.ready(self._status_sent)  # READY=1 ends the reload, failed or not
 
     async def _reload(self) -> str | None:
         """The body of reload(), under its lock."""
@@ -226,11 +229,12 @@ class Daemon:
                                    listen=f"{self.config.listen_host}:{self.port}")
 
     async def _heartbeat(self, store: Store) -> None:
-        status = None
         while True:
             store.heartbeat(time.time())
-            if self.live.ready and (text := self._sd_status()) != status:
-                status = text
+            # (not the STATUS= that READY=1 just carried: whether this runs first after the
+            # start depends on which awaits of the start happened to suspend)
+            if self.live.ready and (text := self._sd_status()) != self._status_sent:
+                self._status_sent = text
                 self.sd.status(text)
             self.live.storage_errors = store.errors
             await asyncio.sleep(HEARTBEAT_EVERY)

@@ -59,10 +59,11 @@ def raise_nofile_limit() -> int:
     return soft if soft != resource.RLIM_INFINITY else 1 << 20
 
 
-def bind(host: str, port: int, backlog: int = 128) -> list[socket.socket]:
+async def bind(host: str, port: int, backlog: int = 128) -> list[socket.socket]:
     """Listening sockets for `host` (every address it resolves to; "" or 0.0.0.0 for
     all IPv4, :: for all IPv6) and `port` (0 = any free port, the same on each)."""
-    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    infos = await asyncio.get_running_loop().getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                                         flags=socket.AI_PASSIVE)
     sockets: list[socket.socket] = []
     try:
         for family, kind, proto, _, address in dict.fromkeys(infos):
@@ -73,7 +74,11 @@ def bind(host: str, port: int, backlog: int = 128) -> list[socket.socket]:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             if port == 0 and len(sockets) > 1:  # the same port on every address
                 address = (address[0], sockets[0].getsockname()[1], *address[2:])
-            sock.bind(address)
+            try:
+                sock.bind(address)
+            except OSError as exc:  # as asyncio words it: names the address
+                raise OSError(exc.errno, f"error while attempting to bind on address {address[:2]!r}: "
+                              f"{(exc.strerror or str(exc)).lower()}") from None
             sock.listen(backlog)
             sock.setblocking(False)
     except OSError:

@@ -271,7 +271,7 @@ async def start(app: web.Application, host: str, port: int, *,
     security = app[WEB]
     assert runner.server is not None
     try:
-        sockets = bind(host, port)
+        sockets = await bind(host, port)
     except OSError:
         await runner.cleanup()
         raise
