@@ -79,6 +79,7 @@ def main() -> None:
     p.add_argument("--attackers", type=int, default=8)
     p.add_argument("--idle", type=int, default=1100)
     p.add_argument("--loop", choices=["uvloop", "asyncio"], default=None)
+    p.add_argument("--src", default=None, help="run the aipulse of another checkout (before/after figures)")
     p.add_argument("--max-load", type=float, default=None)
     args = p.parse_args()
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # this process holds the idle connections
@@ -103,7 +104,8 @@ def main() -> None:
             def limit() -> None:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (args.nofile, args.nofile))
 
-            proc = common.start_aipulse(tmp / "config.yaml", loop=args.loop, log_path=log, preexec_fn=limit)
+            proc = common.start_aipulse(tmp / "config.yaml", src=args.src, loop=args.loop, log_path=log,
+                                        preexec_fn=limit)
             try:
                 deadline = time.monotonic() + 30
                 while request(port, GOOD)[0] != 200:
