@@ -98,6 +98,8 @@ class PasswordChecker:
         self._pending += 1
         try:
             ok = await asyncio.get_running_loop().run_in_executor(self._pool, _verify, password, hashed)
+        except RuntimeError:  # closed meanwhile: a reload replaced the users; the client retries
+            return Verdict.BUSY
         finally:
             self._pending -= 1
             if (left := self._clients[client] - 1) > 0:
