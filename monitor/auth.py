@@ -83,6 +83,8 @@ class PasswordChecker:
         user, password = credentials
         known = self.users.get(user)
         assert self._dummy is not None and self._pool is not None
+        if known is None and self._dummy.cancelled():  # closed by a reload before it was made
+            return Verdict.BUSY
         hashed = known if known is not None else await asyncio.wrap_future(self._dummy)
         key = hmac.new(self._key, b"\0".join((user.encode("utf-8", "surrogateescape"), hashed, password)),
                        hashlib.sha256).digest()
