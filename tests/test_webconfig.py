@@ -11,7 +11,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -223,11 +222,12 @@ def test_certificates_and_users_changed_on_disk_apply_without_a_restart(tmp_path
         os.replace(tmp_path / "new.crt", tmp_path / "server.crt")
         wait_for(lambda: serial() != first_serial)
         assert serial() == x509.load_pem_x509_certificate(second.cert_chain_pems[0].bytes()).serial_number
-        # a new password for the user, as the toolkit re-reads the file
-        time.sleep(0.01)  # a different mtime on file systems with coarse timestamps
-        write_web_config(tmp_path / "web.yml", {"tls_server_config": {"cert_file": "server.crt", "key_file":
+        # a new password for the user, as the toolkit re-reads the file (written aside and
+        # renamed, as editors and config management do: a new inode, whatever the clock)
+        write_web_config(tmp_path / "web.new", {"tls_server_config": {"cert_file": "server.crt", "key_file":
                                                                       "server.key"},
                                                 "basic_auth_users": {"prometheus": hashed("new", 4)}})
+        os.replace(tmp_path / "web.new", tmp_path / "web.yml")
         wait_for(lambda: status("new") == 200)
         assert status("old") == 401
         # a broken file keeps what runs, and says why, once
