@@ -1,4 +1,4 @@
-"""Command line: `aipulse run | check-config | once | outages | demo | --version`."""
+"""Command line: `aipulse run | check-config | once | outages | notify-test | demo | --version`."""
 
 from __future__ import annotations
 
@@ -87,6 +87,12 @@ def _parser() -> argparse.ArgumentParser:
     outages.add_argument("--json", action="store_true", help="print JSON instead of a table")
     outages.set_defaults(func=cmd_outages)
 
+    ntest = sub.add_parser("notify-test", help="send a test message to each notify target (or one) and "
+                           "print what each answered")
+    with_config(ntest)
+    ntest.add_argument("target", nargs="?", help="only this target (its name)")
+    ntest.set_defaults(func=cmd_notify_test)
+
     demo = sub.add_parser("demo", help="offline demo: watch a simulated AI provider replay DeepSeek's "
                           "January 2025 incident")
     demo.add_argument("--duration", type=float, default=180.0,
@@ -125,7 +131,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = _load(args)
     if cfg is None:
         return 1
-    print(f"{cfg.path}: ok ({len(cfg.services)} services, {len(cfg.checks)} checks)")
+    pages = sum(1 for s in cfg.services if s.status_page)
+    print(f"{cfg.path}: ok ({len(cfg.services)} services, {pages} with a status page, "
+          f"{len(cfg.checks)} checks)")
     for line in cfg.notes():
         print(line)
     return 0
@@ -282,15 +290,44 @@ def cmd_outages(args: argparse.Namespace) -> int:
     table = [("SERVICE", "CHECK", "KIND", "SEVERITY", "START", "END", "DURATION", "REASON")]
     for r in rows:
         table.append((r["service"], r["check"] or "-", r["kind"], r["severity"], r["start"],
-                      r["end"] or "open", format_duration(r["duration_seconds"]),
-                      printable(r["reason"] or "")))
+                      r["end"] or "open", format_duration(r["duration_seconds"]), r["reason"]))
     print(_columns(table))
     if not rows:
         print(f"no outage windows since {rfc3339(since)}")
     return 0
 
 
+def cmd_notify_test(args: argparse.Namespace) -> int:
+    from monitor.delivery import describe, send_tests
+
+    cfg = _load(args)
+    if cfg is None:
+        return 1
+    if not cfg.targets:
+        print(f"{cfg.path}: no notify.targets to test", file=sys.stderr)
+        return 1
+    names = [t.name for t in cfg.targets]
+    if args.target is not None and args.target not in names:
+        print(f'aipulse notify-test: no target named "{_printable(args.target)}" in {cfg.path} '
+              f"(targets: {', '.join(names)})", file=sys.stderr)
+        return 2
+    results = send_tests(cfg, None if args.target is None else [args.target])
+    table = [("TARGET", "RESULT", "TIME", "ANSWER")]
+    for target, outcome in results:
+        table.append((describe(target), "sent" if outcome.ok else "failed", f"{outcome.elapsed:.2f}s",
+                      outcome.detail or "-"))
+    print(_columns(table))
+    return 0 if all(outcome.ok for _, outcome in results) else 1
+
+
+def _printable(text: str) -> str:
+    return text.encode("unicode_escape").decode("ascii")
+
+
 def _columns(rows: list[tuple[str, ...]]) -> str:
+    # Cells quote what targets and notification services sent: control characters would
+    # reach the operator's terminal (colours, cursor moves, a retitled window) unless escaped.
+    rows = [tuple(printable(c).replace("\n", "\\n").replace("\t", "\\t") for c in row) for row in rows]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
                      for row in rows)
@@ -300,8 +337,6 @@ def format_table(results: list[ProbeResult]) -> str:
     rows = [("SERVICE", "CHECK", "RESULT", "HTTP", "TIME", "DETAIL")]
     for r in results:
         outcome = "degraded" if r.degraded else r.reason.value
-        # A detail quotes what the target sent: control characters would reach the
-        # operator's terminal (colours, cursor moves, a retitled window) unless escaped.
         rows.append((r.service, r.check, outcome, str(r.status_code or "-"),
                      f"{r.duration * 1000:.0f}ms", printable(r.detail.replace("\n", " "))[:80]))
     return _columns(rows)

@@ -8,6 +8,7 @@ regexes and JSONPaths are compiled here, and every error names file, line and ke
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
 import gc
@@ -15,24 +16,28 @@ import json as jsonlib
 import math
 import os
 import re
+import ssl
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
+import idna
 import jsonpath
 
 from monitor.maintenance import Maintenance, parse_every, parse_start
 from monitor.redact import Redactor
 from monitor.units import parse_duration, parse_size
+from monitor.vendorformats import FORMATS, PageSpec
 from monitor.yamlsrc import KeyPath, LocatedError, Source, format_path, load
 
 ID = re.compile(r"[a-z0-9_-]+")
 LABEL_VALUE = re.compile(r"[A-Za-z0-9_.:-]+")
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 KINDS = ("http", "flow", "stream")
-STREAM_FORMATS = ("openai", "anthropic", "gemini")
+STREAM_FORMATS = ("openai", "openai_responses", "anthropic", "gemini")
+IP_PROTOCOLS = ("auto", "ip4", "ip6")
 TEMPLATE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 _STATUS_CLASS = re.compile(r"([1-5])xx")
 _STATUS_RANGE = re.compile(r"(\d{3})(?:-(\d{3}))?")  # 200-299, or "200" (e.g. from ${VAR})
@@ -47,15 +52,18 @@ CHECK_DEFAULTS: dict[str, Any] = {
     "close_after": 2,
     "max_body_bytes": "1MiB",
     "critical": True,
+    "follow_redirects": True,
+    "ip_protocol": "auto",
 }
 CHECK_KEYS = frozenset(
     {"kind", "url", "method", "headers", "body", "json", "interval", "timeout",
      "open_after", "close_after", "max_body_bytes", "critical", "expect",
-     "steps", "format", "idle_timeout"}
+     "steps", "format", "idle_timeout", "follow_redirects", "ip_protocol", "proxy_url", "tls"}
 )
+TLS_KEYS = frozenset({"ca_file", "cert_file", "key_file", "server_name", "insecure_skip_verify"})
 EXPECT_KEYS = frozenset(
     {"status", "body_contains", "body_regex", "json", "headers", "max_latency", "cert_min_days",
-     "max_ttft"}
+     "max_ttft", "max_stall", "body_not_contains", "body_not_regex"}
 )
 STEP_KEYS = frozenset({"name", "url", "method", "headers", "body", "json", "expect", "extract", "always_run"})
 
@@ -85,13 +93,32 @@ class Expect:
     max_latency: float | None = None
     cert_min_days: float | None = None
     max_ttft: float | None = None  # stream: no content token by then -> timeout
+    max_stall: float | None = None  # stream: a longer silence between output events -> degraded
+    body_not_contains: tuple[str, ...] = ()
+    body_not_regex: re.Pattern[str] | None = None
 
     def accepts(self, status: int) -> bool:
         return 200 <= status < 300 if self.status is None else status in self.status
 
     @property
     def needs_body(self) -> bool:
-        return bool(self.body_contains or self.body_regex or self.json)
+        return bool(self.body_contains or self.body_regex or self.json or self.body_not_contains
+                    or self.body_not_regex)
+
+
+@dataclass(frozen=True, slots=True)
+class TLSConfig:
+    """A check's `tls:` options (as blackbox_exporter's tls_config). Paths are absolute."""
+
+    ca_file: str | None = None  # trust only this CA bundle (PEM) instead of the public roots
+    cert_file: str | None = None  # client certificate (PEM)...
+    key_file: str | None = None  # ... and its key, unless cert_file holds both
+    server_name: str | None = None  # SNI and the name the certificate must match
+    insecure_skip_verify: bool = False
+
+    @property
+    def needs_context(self) -> bool:
+        return bool(self.ca_file or self.cert_file or self.insecure_skip_verify)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +164,10 @@ class CheckConfig:
     steps: tuple[FlowStep, ...] = ()  # kind: flow
     format: str | None = None  # kind: stream: openai | anthropic | gemini
     idle_timeout: float | None = None  # kind: stream: longest wait between content tokens
+    follow_redirects: bool = True
+    ip_protocol: str = "auto"  # auto (race IPv6 and IPv4, RFC 8305) | ip4 | ip6
+    proxy_url: str | None = None  # http://[user:pass@]host:port (CONNECT for https targets)
+    tls: TLSConfig | None = None
     line: int = field(default=0, compare=False)  # where it was written; not part of what it is
 
     @property
@@ -159,8 +190,9 @@ class ServiceConfig:
     id: str
     title: str
     checks: tuple[CheckConfig, ...]
-    status_page: str | None = None
+    status_page: str | None = None  # its URL
     maintenance: tuple[Maintenance, ...] = ()
+    status_page_spec: PageSpec | None = None  # URL, format, components (monitor.vendorformats)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +205,22 @@ class WebhookConfig:
     timeout: float = 5.0  # per attempt
     max_attempts: int = 8
     retry_initial: float = 1.0  # first backoff; doubles (with jitter) up to 5 minutes
+
+
+TARGET_KINDS = ("down", "degraded", "closed")
+
+
+@dataclass(frozen=True, slots=True)
+class TargetConfig:
+    """Where people hear of outages (notify.targets[]): an Apprise URL and what to send there."""
+
+    name: str  # the `target` label of aipulse_notifications_total
+    url: str = field(repr=False)  # an Apprise URL; may hold tokens: never logged or shown
+    services: frozenset[str] | None = None  # None: every service
+    kinds: frozenset[str] = frozenset(TARGET_KINDS)
+    min_duration: float = 0.0  # a window shorter than this is never announced
+    max_attempts: int = 5
+    retry_initial: float = 2.0  # first backoff; doubles (with jitter) up to a minute
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +236,9 @@ class Config:
     per_host_rate: float = 20.0
     services: tuple[ServiceConfig, ...] = ()
     webhooks: tuple[WebhookConfig, ...] = ()
+    targets: tuple[TargetConfig, ...] = ()  # notify.targets: Apprise URLs
+    group_wait: float = 30.0  # notify.group_wait: one service's events within it make one message
+    public_url: str | None = None  # where people reach our status page (links in messages)
     status_page_interval: float = 120.0  # how often vendor status pages are polled
     web_config: str | None = None  # exporter-toolkit web config (TLS, basic auth) for our endpoints
     secrets: frozenset[str] = frozenset()
@@ -315,7 +366,7 @@ class _Validator:
 
     def config(self) -> Config:
         top_keys = frozenset({"listen", "location", "storage", "limits", "defaults", "services", "notify",
-                              "status_page_interval", "web_config"})
+                              "status_page_interval", "web_config", "public_url"})
         data = self.mapping(self.src.data, (), top_keys)
         host, port = self.field(data, "listen", (), lambda v: parse_listen(_str(v)),
                                 parse_listen(DEFAULT_LISTEN))
@@ -329,6 +380,10 @@ class _Validator:
         per_host_rate = self.field(limits, "per_host_rate", ("limits",), _positive_number, 20.0)
         services = self.services(data, defaults)
         webhooks = self.webhooks(data)
+        targets = self.targets(data, {s.id for s in services})
+        group_wait = self.field(self.mapping(data.get("notify"), ("notify",), None), "group_wait",
+                                ("notify",), _non_negative_duration, 30.0)
+        public_url = self.field(data, "public_url", (), lambda v: _url(v).rstrip("/"))
         status_page_interval = self.field(data, "status_page_interval", (), _duration, 120.0)
         web_config = self.field(data, "web_config", (), lambda v: str(Path(self.src.name).parent / _str(v)))
         if not self.errors and not any(s.checks for s in services) and not self.src.missing:
@@ -347,6 +402,9 @@ class _Validator:
             per_host_rate=per_host_rate,
             services=tuple(services),
             webhooks=webhooks,
+            targets=targets,
+            group_wait=group_wait,
+            public_url=public_url,
             status_page_interval=status_page_interval,
             web_config=web_config,
             secrets=frozenset(self.src.secrets).union(*(
@@ -375,14 +433,34 @@ class _Validator:
                 check = self.check(sid, cid, cdata, defaults, cpath)
                 if check is not None and (sid, cid) not in self.src.missing:
                     checks.append(check)
+            page = self.status_page(sdata.get("status_page"), (*path, "status_page"))
             out.append(ServiceConfig(
                 id=sid,
                 title=self.field(sdata, "title", path, _str, sid),
-                status_page=self.field(sdata, "status_page", path, _url),
+                status_page=None if page is None else page.url,
                 maintenance=self.maintenance(sdata.get("maintenance"), (*path, "maintenance")),
                 checks=tuple(checks),
+                status_page_spec=page,
             ))
         return out
+
+    def status_page(self, raw: Any, path: KeyPath) -> PageSpec | None:
+        """`status_page: URL`, or `{url, format, components, max_body_bytes}` when
+        auto-detection cannot tell the format or only some components matter."""
+        if raw is None:
+            return None
+        if not isinstance(raw, dict):
+            url = self.field({"status_page": raw}, "status_page", path[:-1], _url)
+            return None if url is None else PageSpec(url)
+        data = self.mapping(raw, path, frozenset({"url", "format", "components", "max_body_bytes"}))
+        if "url" not in data:
+            self.err(path, 'missing required key "url"')
+            return None
+        url = self.field(data, "url", path, _url)
+        fmt = self.field(data, "format", path, _choice(FORMATS), "auto")
+        components = self.field(data, "components", path, _str_list, ())
+        max_bytes = self.field(data, "max_body_bytes", path, parse_size)
+        return None if url is None else PageSpec(url, fmt, components, max_bytes)
 
     def maintenance(self, raw: Any, path: KeyPath) -> tuple[Maintenance, ...]:
         if raw is None:
@@ -414,7 +492,8 @@ class _Validator:
         return tuple(out)
 
     def webhooks(self, data: Mapping[str, Any]) -> tuple[WebhookConfig, ...]:
-        notify = self.mapping(data.get("notify"), ("notify",), frozenset({"webhooks"}))
+        notify = self.mapping(data.get("notify"), ("notify",),
+                              frozenset({"webhooks", "targets", "group_wait"}))
         raw = notify.get("webhooks")
         if raw is None:
             return ()
@@ -437,6 +516,46 @@ class _Validator:
                 timeout=self.field(item, "timeout", ipath, _duration, 5.0),
                 max_attempts=self.field(item, "max_attempts", ipath, _positive_int, 8),
                 retry_initial=self.field(item, "retry_initial", ipath, _duration, 1.0),
+            ))
+        return tuple(out)
+
+    def targets(self, data: Mapping[str, Any], services: set[str]) -> tuple[TargetConfig, ...]:
+        notify = data.get("notify")
+        raw = notify.get("targets") if isinstance(notify, dict) else None
+        if raw is None:
+            return ()
+        path: KeyPath = ("notify", "targets")
+        if not isinstance(raw, list):
+            self.err(path, f"must be a list of targets, got {_kind(raw)}")
+            return ()
+        keys = frozenset({"name", "url", "services", "kinds", "min_duration", "max_attempts",
+                          "retry_initial"})
+        out: list[TargetConfig] = []
+        for i, item in enumerate(raw):
+            ipath: KeyPath = (*path, i)
+            item = self.mapping(item, ipath, keys)
+            if not item:
+                continue
+            missing = [k for k in ("name", "url") if k not in item]
+            if missing:
+                self.err(ipath, f'missing required key "{missing[0]}"')
+                continue
+            name = self.field(item, "name", ipath, _target_name)
+            if name is not None and any(t.name == name for t in out):
+                self.err((*ipath, "name"), f'duplicate target name "{name}"')
+            url = self.field(item, "url", ipath, _apprise_url)
+            wanted = self.field(item, "services", ipath, _id_set)
+            for sid in sorted(wanted or ()):
+                if sid not in services:
+                    self.err((*ipath, "services"), f'unknown service "{sid}"')
+            kinds = self.field(item, "kinds", ipath, _target_kinds, frozenset(TARGET_KINDS))
+            if name is None or url is None:
+                continue
+            out.append(TargetConfig(
+                name=name, url=url, services=wanted, kinds=kinds,
+                min_duration=self.field(item, "min_duration", ipath, _non_negative_duration, 0.0),
+                max_attempts=self.field(item, "max_attempts", ipath, _positive_int, 5),
+                retry_initial=self.field(item, "retry_initial", ipath, _duration, 2.0),
             ))
         return tuple(out)
 
@@ -476,7 +595,7 @@ class _Validator:
         fmt = None
         if kind == "stream":
             if "format" not in merged:
-                self.err(path, 'missing required key "format" (openai, anthropic or gemini)')
+                self.err(path, f'missing required key "format" ({", ".join(STREAM_FORMATS)})')
             fmt = get("format", _choice(STREAM_FORMATS))
             for key in ("body_contains", "body_regex", "json"):
                 if key in (merged.get("expect") or {}):
@@ -500,6 +619,8 @@ class _Validator:
             return expect_path
 
         expect = self.expect(merged.get("expect"), expect_path, expect_at)
+        if expect is not None and expect.max_stall is not None and kind != "stream":
+            self.err((*expect_at("max_stall"), "max_stall"), '"max_stall" needs kind: stream')
         check = CheckConfig(
             service=sid, id=cid, url=url or "", kind=kind, method=method, headers=headers,
             body=body, interval=interval, timeout=timeout,
@@ -507,6 +628,10 @@ class _Validator:
             max_body_bytes=get("max_body_bytes", parse_size), critical=get("critical", _bool),
             expect=expect or Expect(), steps=steps, format=fmt,
             idle_timeout=get("idle_timeout", _duration) if kind == "stream" else None,
+            follow_redirects=get("follow_redirects", _bool),
+            ip_protocol=get("ip_protocol", _choice(IP_PROTOCOLS)),
+            proxy_url=get("proxy_url", _proxy_url),
+            tls=self.tls(merged.get("tls"), (*at("tls"), "tls")) if "tls" in merged else None,
             line=self.src.line(path),
         )
         return check if len(self.errors) == before else None
@@ -585,6 +710,27 @@ class _Validator:
                 self.err(vpath, str(exc))
         return tuple(out)
 
+    def tls(self, raw: Any, path: KeyPath) -> TLSConfig | None:
+        data = self.mapping(raw, path, TLS_KEYS)
+        base = Path(self.src.name).parent
+        files = {key: self.field(data, key, path, lambda v: str(base / _str(v)))
+                 for key in ("ca_file", "cert_file", "key_file")}
+        if files["key_file"] and not files["cert_file"]:
+            self.err((*path, "key_file"), '"key_file" needs "cert_file"')
+        tls = TLSConfig(**files, server_name=self.field(data, "server_name", path, _str),
+                        insecure_skip_verify=self.field(data, "insecure_skip_verify", path, _bool, False))
+        # The files are read at every start and reload: say now what is wrong with them.
+        context = ssl.create_default_context()
+        for key, read in (("ca_file", lambda: context.load_verify_locations(tls.ca_file)),
+                          ("cert_file", lambda: context.load_cert_chain(tls.cert_file or "", tls.key_file))):
+            if files[key]:
+                try:
+                    read()
+                except (OSError, ssl.SSLError) as exc:
+                    why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                    self.err((*path, key), f'cannot use "{data[key]}": {why.splitlines()[0]}')
+        return tls
+
     def expect(self, raw: Any, path: KeyPath, at: Callable[[str], KeyPath]) -> Expect | None:
         data = self.mapping(raw, path, None)
         for key in data:
@@ -607,6 +753,9 @@ class _Validator:
             max_latency=self.field(data, "max_latency", at("max_latency"), _duration),
             cert_min_days=self.field(data, "cert_min_days", at("cert_min_days"), _positive_number),
             max_ttft=self.field(data, "max_ttft", at("max_ttft"), _duration),
+            max_stall=self.field(data, "max_stall", at("max_stall"), _duration),
+            body_not_contains=self.field(data, "body_not_contains", at("body_not_contains"), _str_list, ()),
+            body_not_regex=self.field(data, "body_not_regex", at("body_not_regex"), _regex),
         )
 
 
@@ -639,6 +788,44 @@ def _duration(value: Any) -> float:
     if seconds <= 0:
         raise ValueError(f'invalid duration "{value}" (must be more than 0)')
     return seconds
+
+
+def _non_negative_duration(value: Any) -> float:
+    """A duration that may be 0 (`0s`: no wait)."""
+    if isinstance(value, str) and parse_duration(value) == 0:
+        return 0.0
+    return _duration(value)
+
+
+def _target_name(value: Any) -> str:
+    text = _str(value)
+    if not ID.fullmatch(text):
+        raise ValueError(f'invalid target name "{text}" (use lowercase letters, digits, _ and -)')
+    return text
+
+
+def _id_set(value: Any) -> frozenset[str]:
+    if not isinstance(value, list) or not value:
+        raise ValueError("must be a list of service ids")
+    return frozenset(_str(v) for v in value)
+
+
+def _target_kinds(value: Any) -> frozenset[str]:
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"must be a list of {', '.join(TARGET_KINDS)}")
+    kinds = frozenset(_choice(TARGET_KINDS)(v) for v in value)
+    if not kinds & {"down", "degraded"}:
+        raise ValueError("closed alone sends nothing: add down and/or degraded")
+    return kinds
+
+
+def _apprise_url(value: Any) -> str:
+    """An Apprise URL (mailto://, slack://, ntfy://, json://, ...), checked by Apprise itself."""
+    from monitor.apprise_url import check_apprise_url  # Apprise loads only when targets are configured
+
+    text = _str(value)
+    check_apprise_url(text)
+    return text
 
 
 def _positive_int(value: Any) -> int:
@@ -679,6 +866,20 @@ def _url(value: Any) -> str:
         ok = False
     if not ok:
         raise ValueError(f'invalid URL "{text}" (must be http:// or https:// with a host)')
+    host = parts.hostname or ""
+    if not host.isascii():
+        try:
+            idna.encode(host, uts46=True)  # as the probes will send it (IDNA 2008)
+        except idna.IDNAError as exc:
+            raise ValueError(f'invalid host name "{host}" in URL ({exc})') from None
+    return text
+
+
+def _proxy_url(value: Any) -> str:
+    text = _url(value)
+    parts = urlsplit(text)
+    if parts.scheme != "http" or parts.path not in ("", "/") or parts.query:
+        raise ValueError(f'invalid proxy URL "{text}" (use http://[user:password@]host:port)')
     return text
 
 
@@ -730,6 +931,12 @@ def sensitive_values(url: str, headers: tuple[tuple[str, str], ...]) -> set[str]
     for name, value in parse_qsl(urlsplit(url).query) if "?" in url else ():
         if _SENSITIVE.search(name):
             out.add(value)
+    if "@" in url:  # user:password@ is sent as Basic auth: the password and the header's token
+        parts = urlsplit(url)
+        if parts.password:
+            password = unquote(parts.password)
+            token = base64.b64encode(f"{unquote(parts.username or '')}:{password}".encode()).decode()
+            out |= {parts.password, password, token}
     return {v for v in out if len(v) >= 6}
 
 

@@ -15,10 +15,11 @@ from typing import Any
 
 import stamina
 
-from monitor import logs, server, shard, statuspage, systemd
+from monitor import logs, server, shard, statuspage, systemd, vendorlog
 from monitor import loop as event_loop
 from monitor.availability import WINDOWS
 from monitor.config import Config, ConfigError, database_path, load_file
+from monitor.delivery import Notifications, TargetNotifier
 from monitor.listener import DEFAULT_MAX_CONNECTIONS, connection_budget, raise_nofile_limit
 from monitor.live import LiveState
 from monitor.metrics import make_registry
@@ -28,7 +29,7 @@ from monitor.pipeline import Pipeline, restart_gap_events
 from monitor.probes import Prober
 from monitor.redact import Redactor
 from monitor.scheduler import Scheduler
-from monitor.store import Store
+from monitor.store import StorageError, Store
 from monitor.webconfig import WebConfig, WebConfigError, load_web_config
 
 log = logging.getLogger("aipulse")
@@ -57,6 +58,8 @@ class Daemon:
         self._reload_lock = asyncio.Lock()
         self.sd = systemd.SystemdNotifier()  # no-op unless started by systemd (NOTIFY_SOCKET)
         self._served: server.Served | None = None
+        self._vendor_logged: dict[str, vendorlog.VendorSnapshot] = {}  # last stored, per service
+        self._vendor_writes: set[asyncio.Task[None]] = set()
 
     def stop(self) -> None:
         self._stop.set()
@@ -72,9 +75,11 @@ class Daemon:
         self.store = store = Store(self.db_path, cfg.results_retention)
         now = time.time()
         history = store.open(since=now - WINDOWS["30d"])
-        self.pipeline = pipeline = Pipeline(cfg, self.live, store, self._make_notifier(cfg))
+        self.notifications = Notifications(self._make_notifier(cfg), TargetNotifier(cfg, self.live))
+        self.pipeline = pipeline = Pipeline(cfg, self.live, store, self.notifications)
         orphans = pipeline.restore(history.open_windows, history.windows, history.transitions,
                                    history.gaps, history.first_seen, last_seen=history.heartbeat or now)
+        self.notifications.targets.restore()  # windows open at the restart, not yet announced
         await pipeline.commit([*orphans, *restart_gap_events(history.gaps, history.heartbeat, now)])
         if history.open_windows:
             log.info("resuming %d open windows", len(history.open_windows))
@@ -118,6 +123,7 @@ class Daemon:
             self.sd.stopping()
             await scheduler.stop()
             await poller.stop()
+            await asyncio.gather(*self._vendor_writes, return_exceptions=True)
             await vendor_client.aclose()
             await pipeline.stop()
             heartbeat.cancel()
@@ -168,9 +174,10 @@ class Daemon:
         self.scheduler.set_checks(new.checks)
         await self.poller.update(self._vendor_pages(new))
         if new.webhooks != old.webhooks:
-            if self.pipeline.notifier is not None:
-                await self.pipeline.notifier.aclose(timeout=2.0)  # type: ignore[attr-defined]
-            self.pipeline.notifier = self._make_notifier(new)
+            if self.notifications.webhooks is not None:
+                await self.notifications.webhooks.aclose(timeout=2.0)
+            self.notifications.webhooks = self._make_notifier(new)
+        self.notifications.targets.configure(new)
         if self._served is not None:
             if "web_config" not in changed:
                 self._served.security.apply(web_config)  # users, certificates: from the next request on
@@ -219,8 +226,8 @@ class Daemon:
                         titles={s.id: s.title for s in cfg.services})
 
     @staticmethod
-    def _vendor_pages(cfg: Config) -> dict[str, str]:
-        return {s.id: s.status_page for s in cfg.services if s.status_page}
+    def _vendor_pages(cfg: Config) -> dict[str, statuspage.PageSpec]:
+        return {s.id: s.status_page_spec for s in cfg.services if s.status_page_spec is not None}
 
     def _sd_status(self) -> str:
         states = Counter(stats.state for stats in self.live.checks.values())
@@ -240,8 +247,21 @@ class Daemon:
             await asyncio.sleep(HEARTBEAT_EVERY)
 
     def _vendor_update(self, service: str, vendor: statuspage.VendorStatus) -> None:
+        now = time.time()
         if (sstats := self.live.services.get(service)) is not None:
-            sstats.vendor_update(vendor, time.time())
+            sstats.vendor_update(vendor, now)
+        event = vendorlog.snapshot(service, vendor, now, self._vendor_logged.get(service))
+        if event is not None:  # the vendor's incidents, for /history (stored off the loop)
+            self._vendor_logged[service] = event
+            task = asyncio.get_running_loop().create_task(self._store_vendor(event))
+            self._vendor_writes.add(task)
+            task.add_done_callback(self._vendor_writes.discard)
+
+    async def _store_vendor(self, event: vendorlog.VendorSnapshot) -> None:
+        try:
+            await self.store.write([event])
+        except StorageError as exc:  # the store keeps it queued and retries
+            log.debug("storing the vendor snapshot of %s failed: %s", event.service, exc)
 
     def _on_missed(self, n: int) -> None:
         self.live.missed_intervals += n

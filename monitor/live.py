@@ -175,6 +175,16 @@ class ServiceStats:
             self.detection_lead = detection_lead(ours.start, vendor)
 
 
+@dataclass
+class TargetStats:
+    """One notification target's messages (monitor.delivery writes, /metrics reads)."""
+
+    sent: int = 0
+    failed: int = 0  # given up after every attempt failed
+    dropped: int = 0  # pushed out of a full queue, or left when the target was removed
+    queued: int = 0  # waiting to be sent, the one being sent included
+
+
 class LiveState:
     """Latest results and outage state for the checks of the running config."""
 
@@ -187,6 +197,7 @@ class LiveState:
         self.storage_errors = 0
         self.reload_ok = True
         self.ready = False
+        self.notifications: dict[str, TargetStats] = {}  # notify.targets by name
         # Checks with a new result since the metrics last rendered them (monitor.metrics
         # renders these in the background, so a scrape finds them ready).
         self.changed: set[tuple[str, str]] = set()

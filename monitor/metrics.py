@@ -67,7 +67,7 @@ class AipulseCollector(Collector):
             labels=check_labels)
         cert = GaugeMetricFamily(
             "aipulse_probe_tls_cert_expiry_timestamp_seconds",
-            "Expiry (notAfter) of the served leaf certificate, also when verification failed.",
+            "Earliest expiry (notAfter) in the served certificate chain, also when verification failed.",
             labels=check_labels)
         ttft = HistogramMetricFamily(
             "aipulse_probe_ttft_seconds", "Stream probes: time to the first content token.",
@@ -75,6 +75,14 @@ class AipulseCollector(Collector):
         steps = GaugeMetricFamily(
             "aipulse_probe_step_seconds", "Duration of each step of the last flow probe.",
             labels=["service", "check", "step", "location"])
+        speed = GaugeMetricFamily(
+            "aipulse_probe_output_tokens_per_second",
+            "Stream probes: output tokens (usage, else events) per second after the first, last probe.",
+            labels=check_labels)
+        gap = GaugeMetricFamily(
+            "aipulse_probe_stream_max_gap_seconds",
+            "Stream probes: the longest silence between output events of the last probe.",
+            labels=check_labels)
         for (service, check), stats in self.live.checks.items():
             labels = [service, check, loc]
             for reason, n in stats.reasons.items():
@@ -93,7 +101,11 @@ class AipulseCollector(Collector):
                 cert.add_metric(labels, last.cert_expiry)
             for step, seconds in last.steps.items():
                 steps.add_metric([service, check, step, loc], seconds)
-        yield from (success, duration, phase, probes, status, cert, steps, ttft)
+            if last.output_tokens_per_second is not None:
+                speed.add_metric(labels, last.output_tokens_per_second)
+            if last.stream_max_gap is not None:
+                gap.add_metric(labels, last.stream_max_gap)
+        yield from (success, duration, phase, probes, status, cert, steps, ttft, speed, gap)
 
     def _service_families(self) -> Iterator[Metric]:
         """Everything after the per-check families: services, vendors, the daemon."""
@@ -120,6 +132,7 @@ class AipulseCollector(Collector):
             labels=["location"])
         storage.add_metric([loc], self.live.storage_errors)
         yield storage
+        yield from self._notifications()
         reload_ok = GaugeMetricFamily(
             "aipulse_config_last_reload_successful", "1 if the last config load succeeded.",
             labels=["location"])
@@ -128,6 +141,22 @@ class AipulseCollector(Collector):
         build = GaugeMetricFamily("aipulse_build_info", "aipulse version.", labels=["version", "location"])
         build.add_metric([__version__, loc], 1.0)
         yield build
+
+    def _notifications(self) -> Iterator[Metric]:
+        loc = self.location
+        total = CounterMetricFamily(
+            "aipulse_notifications",
+            "Messages to notify.targets: sent, failed (every attempt failed), dropped (queue full).",
+            labels=["target", "result", "location"])
+        depth = GaugeMetricFamily(
+            "aipulse_notification_queue_depth",
+            "Messages waiting for the target, the one being sent included.",
+            labels=["target", "location"])
+        for name, stats in self.live.notifications.items():
+            for result in ("sent", "failed", "dropped"):
+                total.add_metric([name, result, loc], getattr(stats, result))
+            depth.add_metric([name, loc], stats.queued)
+        yield from (total, depth)
 
     def _outages(self, check_labels: list[str]) -> Iterator[Metric]:
         loc, now = self.location, time.time()
@@ -210,7 +239,7 @@ class AipulseCollector(Collector):
                     component.add_metric([sid, labels[c.id], name, loc], 1.0 if c.status == name else 0.0)
             for name in COMPONENT_STATUSES:
                 overall.add_metric([sid, name, loc], 1.0 if vendor.overall == name else 0.0)
-            if vendor.source != "unknown":
+            if vendor.readable:  # an unreadable page says nothing about its incidents
                 incident.add_metric([sid, loc], 1.0 if vendor.incidents else 0.0)
             if sstats.detection_lead is not None:
                 lead.add_metric([sid, loc], sstats.detection_lead)
@@ -226,7 +255,7 @@ class AipulseCollector(Collector):
 WARM_EVERY = 1.0  # seconds between background renders of checks with new results
 WARM_SLICE = 200  # checks rendered between two yields to the event loop
 RENDER_SLICE = 1000  # checks a scrape joins between two yields to the event loop
-_PROBE_FAMILIES = 8  # success, duration, phase, probes, status, cert, steps, ttft
+_PROBE_FAMILIES = 10  # success, duration, phase, probes, status, cert, steps, ttft, speed, gap
 _OUTAGE_FAMILIES = 6  # state, active, opened, last_start, last_duration, ratio
 Encoder = Callable[[Collector], bytes]
 
@@ -300,8 +329,9 @@ class _CheckText:
         duration = self.histogram("aipulse_probe_duration_seconds", stats.durations)
         ttft = "" if stats.ttfts is None else self.histogram("aipulse_probe_ttft_seconds", stats.ttfts)
         if last is None:
-            parts = ["", duration, "", "".join(reasons), "", "", "", ttft]
+            parts = ["", duration, "", "".join(reasons), "", "", "", ttft, "", ""]
         else:
+            speed, gap = last.output_tokens_per_second, last.stream_max_gap
             phases = "".join(f"aipulse_probe_phase_seconds{self.mid('phase', name)} "
                              f"{floatToGoString(last.phases.get(name, 0.0))}\n" for name in PHASES)
             cert = "" if last.cert_expiry is None else \
@@ -317,6 +347,9 @@ class _CheckText:
                 cert,
                 steps,
                 ttft,
+                "" if speed is None else
+                f"aipulse_probe_output_tokens_per_second{base} {floatToGoString(speed)}\n",
+                "" if gap is None else f"aipulse_probe_stream_max_gap_seconds{base} {floatToGoString(gap)}\n",
             ]
         self.probe = [p.encode() for p in parts]
 

@@ -10,8 +10,10 @@ them all and where each comes from::
     │   dns            the host name did not resolve
     │   connect        TCP connect refused, reset or unreachable
     │   tls            handshake failed or certificate invalid (expiry is still reported)
-    │   protocol       not HTTP: garbage status line, reset mid-body, redirect loop,
-    │                  redirect to an unsupported scheme
+    │   protocol       not HTTP/1.1 as RFC 9112 frames it: garbage status line, two
+    │                  Content-Lengths, reset mid-body, truncated compressed body, an
+    │                  encoding we cannot decode, redirect loop or unsupported scheme,
+    │                  a redirect that would carry a secret to another origin
     │
     ├── a response we judge ───────────────────────────────────────────────────
     │   rate_limited   HTTP 429
@@ -26,17 +28,15 @@ them all and where each comes from::
         stream_error     an error event or error chunk mid-stream
         stream_truncated the stream ended without its terminal marker
 
-`reason_for_status` maps a response, `reason_for_exception` maps an exception; no
-other code decides a reason.
+`reason_for_status` maps a response; errors on the wire are mapped where they are met
+(monitor.probes.net and monitor.probes.client raise `Failure(reason, detail)`), so this
+module knows no HTTP library.
 """
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Mapping
 from enum import StrEnum
-
-import httpx
 
 
 class Reason(StrEnum):
@@ -100,49 +100,12 @@ def reason_for_status(status: int, headers: Mapping[str, str], body: bytes) -> R
     return Reason.ASSERTION
 
 
-def exception_chain(exc: BaseException) -> list[BaseException]:
-    """exc, its cause (or context), that one's cause, ..."""
-    seen: list[BaseException] = []
-    cur: BaseException | None = exc
-    while cur is not None and cur not in seen:
-        seen.append(cur)
-        cur = cur.__cause__ or cur.__context__
-    return seen
+class Failure(Exception):
+    """A probe ended in `reason`: raised where the cause is known (monitor.probes.net,
+    monitor.probes.client), at the edge where an OS or parser error is met, and turned
+    into the result by the runner. `detail` is human text (redacted before it is kept)."""
 
-
-# ProbeTrace.stage (monitor.probes.transport) while a TLS handshake runs.
-IN_TLS_HANDSHAKE = "in TLS handshake"
-
-
-def reason_for_exception(exc: BaseException, stage: str = "") -> Reason:
-    """Map an exception raised while probing to the most specific reason. `stage` is
-    where the probe was (ProbeTrace.stage): a peer that resets or hangs up during the
-    TLS handshake (a TLS 1.0-only server does either) failed TLS, not TCP connect."""
-    chain = exception_chain(exc)
-    for e in chain:
-        if isinstance(e, DNSError):
-            return Reason.DNS
-        if isinstance(e, (ssl.SSLError, ssl.CertificateError)):
-            return Reason.TLS
-    first = chain[0]
-    if isinstance(first, (TimeoutError, httpx.TimeoutException)):
-        return Reason.TIMEOUT
-    if isinstance(first, BodyTooLarge):
-        return Reason.BODY_TOO_LARGE
-    if isinstance(first, httpx.ConnectError):
-        return Reason.TLS if stage == IN_TLS_HANDSHAKE else Reason.CONNECT
-    if isinstance(first, (httpx.TooManyRedirects, httpx.UnsupportedProtocol)):
-        return Reason.PROTOCOL
-    if isinstance(first, (httpx.RemoteProtocolError, httpx.ReadError, httpx.DecodingError)):
-        return Reason.PROTOCOL
-    if isinstance(first, (ConnectionError, OSError)):
-        return Reason.CONNECT
-    return Reason.PROTOCOL
-
-
-class DNSError(OSError):
-    """The host name did not resolve (raised by our resolver, see probes.transport)."""
-
-
-class BodyTooLarge(Exception):
-    """The decompressed body passed `max_body_bytes`."""
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail

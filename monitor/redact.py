@@ -120,7 +120,7 @@ class Redactor:
     def __init__(self, secrets: Iterable[str] = frozenset(), whole: Iterable[str] = ()) -> None:
         """`secrets` get every rule; `whole` strings (a webhook URL: its start is an
         ordinary `https://host`) are redacted only where they appear entire."""
-        self.secrets = frozenset(s for s in secrets if len(s) >= MIN_SECRET)
+        self.secrets = frozenset(s for s in secrets if len(s) >= MIN_SECRET)  # the probe client reads it
         # "Bearer sk-..." whose credential is a secret of its own: the scheme word is
         # no secret, so that form is redacted whole, not from its first 6 characters.
         schemed = {s for s in self.secrets if " " in s and s.split(" ", 1)[1] in self.secrets}

@@ -26,9 +26,11 @@ class ProbeResult:
     status_code: int = 0  # 0 when no response
     phases: dict[str, float] = field(default_factory=dict)
     redirects: int = 0
-    cert_expiry: float | None = None  # epoch seconds of the leaf certificate's notAfter
+    cert_expiry: float | None = None  # epoch seconds: the earliest notAfter in the certificate chain
     degraded: bool = False
-    ttft: float | None = None  # stream probes only
+    ttft: float | None = None  # stream probes only: time to the first output
+    output_tokens_per_second: float | None = None  # stream probes: usage tokens (else events) / s
+    stream_max_gap: float | None = None  # stream probes: longest silence between output events
     step: str | None = None  # flow probes: the failing step
     steps: dict[str, float] = field(default_factory=dict)  # flow probes: seconds per step
     internal: bool = False  # aipulse failed, not the service: tells nothing about it

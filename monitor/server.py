@@ -6,6 +6,8 @@
     GET /api/v1/status, /api/v1/outages   see monitor.api
     POST /-/reload reload the config (as SIGHUP does), only with --web.enable-lifecycle
     GET /, /services/<id>   the HTML status page, see monitor.page
+    GET /history, /feed.atom   past windows beside the vendor's incidents, see monitor.history
+    GET /badge/<service>.svg, /badge/<service>/<check>.svg   SVG badges, see monitor.badge
 
 With a web config (monitor.webconfig), every path needs basic auth (checked off the
 loop, monitor.auth) and TLS is served. Connections are accepted by monitor.listener
@@ -24,7 +26,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client.registry import CollectorRegistry
 
-from monitor import api, page
+from monitor import api, badge, history, page
 from monitor.auth import PasswordChecker, Verdict
 from monitor.listener import DEFAULT_MAX_CONNECTIONS, Listener, bind
 from monitor.live import LiveState
@@ -244,6 +246,8 @@ def make_app(live: LiveState, registry: CollectorRegistry, db_path: str,
     app.router.add_get("/readyz", readyz)
     app.router.add_post("/-/reload", reload)
     page.add_routes(app)  # GET / and /services/<id>
+    history.add_routes(app)  # GET /history, /feed.atom
+    badge.add_routes(app)  # GET /badge/<service>.svg, /badge/<service>/<check>.svg
     return app
 
 

@@ -419,7 +419,10 @@ class SimulatedProvider:
                              "finish_reason": finish}],
                 "usage": {"prompt_tokens": 1, "completion_tokens": n, "total_tokens": n + 1}})
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-        await resp.prepare(request)
+        try:
+            await resp.prepare(request)
+        except ConnectionError:  # the probe gave up before the stream began (its deadline)
+            return resp
 
         def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
             body = {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,

@@ -54,10 +54,11 @@ from monitor.outage import (
     WindowUpdated,
 )
 from monitor.result import ProbeResult
+from monitor.vendorlog import VendorIncidentRecord, VendorSnapshot
 
 log = logging.getLogger("aipulse.store")
 
-EVENT_TYPES = (WindowOpened, WindowClosed, WindowUpdated, StateChanged, GapOpened, GapClosed)
+EVENT_TYPES = (WindowOpened, WindowClosed, WindowUpdated, StateChanged, GapOpened, GapClosed, VendorSnapshot)
 MAX_DETAIL = 1024  # characters of a result's detail kept in the database
 
 # MIGRATIONS[i] takes the schema from version i to version i + 1 (one transaction).
@@ -112,6 +113,20 @@ MIGRATIONS: list[tuple[str, ...]] = [
             PRIMARY KEY (service, check_id)
         ) WITHOUT ROWID""",
         "CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID",
+    ),
+    # 2: the vendor's incidents (monitor.vendorlog), for /history
+    (
+        """CREATE TABLE vendor_incidents (
+            service TEXT NOT NULL,
+            incident_id TEXT NOT NULL,   -- the vendor's id
+            name TEXT NOT NULL,          -- vendor text, bounded and cleaned (vendorformats.model.text)
+            impact TEXT NOT NULL,        -- Statuspage impact words, maintenance included
+            started REAL,                -- the vendor's declared start; NULL when not given
+            first_seen REAL NOT NULL,    -- our first readable poll that showed it
+            ended REAL,                  -- NULL while open
+            PRIMARY KEY (service, incident_id)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX vendor_incidents_ended ON vendor_incidents (ended)",
     ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -569,6 +584,8 @@ class Store:
             g = e.gap
             conn.execute("INSERT OR IGNORE INTO gaps (start_ts, end_ts, cause) VALUES (?, ?, ?)",
                          (g.start, g.end, g.cause))
+        elif isinstance(e, VendorSnapshot):
+            _write_vendor_snapshot(conn, e)
         elif isinstance(e, GapClosed):
             g = e.gap
             conn.execute("INSERT INTO gaps (start_ts, end_ts, cause) VALUES (?, ?, ?) "
@@ -655,6 +672,48 @@ class Store:
 
 
 # ---------------------------------------------------------------------------- readers
+
+def _write_vendor_snapshot(conn: sqlite3.Connection, s: VendorSnapshot) -> None:
+    """Open incidents: inserted once (first_seen = this poll), name and impact kept
+    current, reopened if seen open again. Listed past ones: recorded with their end.
+    Open rows of the service that this readable poll no longer lists end now."""
+    for i in s.open:
+        conn.execute("INSERT INTO vendor_incidents (service, incident_id, name, impact, started, first_seen, "
+                     "ended) VALUES (?, ?, ?, ?, ?, ?, NULL) ON CONFLICT (service, incident_id) DO UPDATE "
+                     "SET name = excluded.name, impact = excluded.impact, "
+                     "started = COALESCE(excluded.started, started), ended = NULL",
+                     (s.service, i.id, i.name, i.impact, i.started, s.at))
+    for i in s.past:
+        conn.execute("INSERT INTO vendor_incidents (service, incident_id, name, impact, started, first_seen, "
+                     "ended) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (service, incident_id) DO UPDATE "
+                     "SET ended = excluded.ended, started = COALESCE(started, excluded.started)",
+                     (s.service, i.id, i.name, i.impact, i.started,
+                      i.started if i.started is not None else i.ended, i.ended))
+    ids = [i.id for i in s.open]
+    conn.execute("UPDATE vendor_incidents SET ended = ? WHERE service = ? AND ended IS NULL AND incident_id "
+                 f"NOT IN ({', '.join('?' * len(ids))})", (s.at, s.service, *ids))
+
+
+def query_vendor_incidents(path: str | os.PathLike[str], since: float, *,
+                           service: str | None = None, limit: int = 5000) -> list[VendorIncidentRecord]:
+    """Vendor incidents open at some time in [since, now], newest start first.
+    Raises StorageError when the database cannot be read."""
+    sql = ("SELECT service, incident_id, name, impact, started, first_seen, ended FROM vendor_incidents "
+           "WHERE (ended IS NULL OR ended >= ?)")
+    args: list[Any] = [since]
+    if service is not None:
+        sql += " AND service = ?"
+        args.append(service)
+    sql += " ORDER BY COALESCE(started, first_seen) DESC LIMIT ?"
+    args.append(limit)
+    with contextlib.closing(connect_readonly(path)) as conn:
+        try:
+            if conn.execute("PRAGMA user_version").fetchone()[0] < 2:
+                return []  # nothing recorded yet (or an older schema, before the first write)
+            return [VendorIncidentRecord(*row) for row in conn.execute(sql, args)]
+        except sqlite3.Error as e:
+            raise StorageError(f"{path}: {e}") from e
+
 
 def connect_readonly(path: str | os.PathLike[str]) -> sqlite3.Connection:
     """A read-only connection (URI mode=ro); WAL lets it read while the daemon writes."""

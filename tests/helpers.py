@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -31,6 +32,20 @@ def make_check(url: str, **keys: Any) -> CheckConfig:
     return make_config({"c": {"url": url, **keys}}).checks[0]
 
 
+def one_request_check(kind: str, url: str, **keys: Any) -> CheckConfig:
+    """A check of `kind` (http, flow, stream) that makes one request to `url` (a flow
+    of one step named "one"; a stream GETs, format openai, unless `keys` say else).
+    Every kind speaks HTTP through the same client, so every kind must meet a server
+    the same way."""
+    if kind == "flow":
+        step = {"name": "one", "url": url, **{k: keys.pop(k) for k in ("headers", "expect", "method",
+                                                                       "body", "json") if k in keys}}
+        return make_config({"c": {"kind": "flow", "steps": [step], **keys}}).checks[0]
+    if kind == "stream":
+        keys = {"format": "openai", "method": "GET", **keys}
+    return make_check(url, kind=kind, **keys)
+
+
 def wait_for(fn: Callable[[], T], timeout: float = 10.0, every: float = 0.02) -> T:
     """Poll `fn` until it returns something truthy; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
@@ -41,6 +56,16 @@ def wait_for(fn: Callable[[], T], timeout: float = 10.0, every: float = 0.02) ->
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s (last value {value!r})")
         time.sleep(every)
+
+
+async def until(fn: Callable[[], T], timeout: float = 15.0, every: float = 0.01) -> T:
+    """`wait_for` on the running event loop: await until `fn()` is truthy."""
+    deadline = time.monotonic() + timeout
+    while not (value := fn()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s (last value {value!r})")
+        await asyncio.sleep(every)
+    return value
 
 
 def free_port() -> int:
@@ -77,17 +102,17 @@ class RunningDaemon:
 
 @contextmanager
 def start_daemon(config: dict[str, Any], tmp_path: Path, db: Path | None = None,
-                 log_name: str = "daemon.log", run_args: tuple[str, ...] = (), log_format: str = "text",
+                 log_name: str = "daemon.log", cli_args: tuple[str, ...] = (), run_args: tuple[str, ...] = (),
                  preexec_fn: Callable[[], None] | None = None, **client: Any) -> Iterator[RunningDaemon]:
-    """`aipulse run` in a subprocess on a free port, ready when /readyz says so;
-    `run_args` are more flags for `aipulse run` (e.g. --web.enable-lifecycle),
-    `preexec_fn` runs in the child before it starts (e.g. to set resource limits)."""
+    """`aipulse [cli_args] run [run_args]` in a subprocess on a free port, ready when
+    /readyz says so (run_args: e.g. --web.enable-lifecycle); `preexec_fn` runs in the
+    child before it starts (e.g. to set resource limits)."""
     port = free_port()
     config = {"listen": f"127.0.0.1:{port}", **config}
     cfg = tmp_path / "config.yaml"
     cfg.write_text(yaml.safe_dump(config))
     log = tmp_path / log_name
-    args = [sys.executable, "-m", "monitor.cli", "--log-format", log_format, "run", "-c", str(cfg)]
+    args = [sys.executable, "-m", "monitor.cli", *cli_args, "run", "-c", str(cfg)]
     if db is not None:
         args += ["--db", str(db)]
     args += run_args

@@ -14,7 +14,7 @@ listener picks a behaviour by the request path; each TLS flavour has its own lis
     /endless-continue 100 Continue, forever
     /endless-trailers a chunked body that ends, then trailer lines forever
     /chunked-bomb     a chunk of 2**64 - 1 bytes, then zeros
-    /endless-chunk-size  a chunk-size line that never ends
+    /endless-chunk-size  a chunk-size line that never ends (?digit=f or 0)
     /bad-content-length  Content-Length: -1
     /ok               a good answer (so a soak can mix good and hostile checks)
     /flap             500 during every other ?period= seconds of the clock, else 200
@@ -146,9 +146,9 @@ async def _chunked_bomb(reader: asyncio.StreamReader, writer: Writer, query: dic
 
 
 async def _endless_chunk_size(reader: asyncio.StreamReader, writer: Writer, query: dict[str, str]) -> None:
-    """A chunk-size line that never ends."""
+    """A chunk-size line that never ends: ?digit=f overflows any size, 0 never does."""
     writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
-    await _flood(writer, b"f" * (1 << 16))
+    await _flood(writer, query.get("digit", "f").encode()[:1] * (1 << 16))
 
 
 async def _flap(reader: asyncio.StreamReader, writer: Writer, query: dict[str, str]) -> None:

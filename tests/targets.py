@@ -16,9 +16,12 @@ import threading
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from aiohttp import web
 
+# Traffic nobody on this project wrote (../shared/fixtures/real/SOURCES.md says whence).
+REAL = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real"
 ZERO_MIB = bytes(1 << 20)
 # 64 MiB of zeros gzipped at level 9 is ~64 KiB on the wire.
 GZIP_BOMB = gzip.compress(bytes(64 << 20), compresslevel=9)
@@ -128,9 +131,48 @@ def build_app(target: Target) -> web.Application:
         n = int(request.match_info["n"])
         raise web.HTTPFound("/ok" if n <= 1 else f"/redirect/{n - 1}")
 
-    @routes.get("/redirect-to")
+    @routes.route("*", "/redirect-to")
     async def redirect_to(request: web.Request) -> web.Response:
-        raise web.HTTPFound(request.query["url"])
+        """Any method: ?status= (default 302) to ?url=."""
+        return web.Response(status=int(request.query.get("status", "302")),
+                            headers={"Location": request.query["url"]})
+
+    @routes.route("*", "/echo-request")
+    async def echo_request(request: web.Request) -> web.Response:
+        """What arrived: method, headers and body (text), as JSON."""
+        hit("echo-request")
+        body = await request.read()
+        return web.json_response({"method": request.method, "headers": dict(request.headers),
+                                  "body": body.decode("utf-8", "replace")})
+
+    @routes.get("/cookie-gate")
+    async def cookie_gate(request: web.Request) -> web.Response:
+        """A sign-in page that sets its cookie on a redirect to itself (302 + Set-Cookie +
+        Location: itself) and answers 200 once the cookie comes back."""
+        hit("cookie-gate")
+        if request.cookies.get("gate") == "open":
+            return web.Response(text="welcome behind the gate")
+        return web.Response(status=302, headers={"Location": "/cookie-gate",
+                                                 "Set-Cookie": "gate=open; Path=/; HttpOnly"})
+
+    @routes.get("/br")
+    async def brotli_body(request: web.Request) -> web.Response:
+        """blackbox_exporter's TestContentLength body, Brotli-encoded (shared fixture)."""
+        return web.Response(body=(REAL / "blackbox" / "hello_world_x10.br").read_bytes(),
+                            headers={"Content-Encoding": "br", "Content-Type": "text/plain"})
+
+    @routes.get("/gzip-truncated")
+    async def gzip_truncated(request: web.Request) -> web.Response:
+        """A gzip stream cut short, inside a body whose framing is whole (Content-Length)."""
+        whole = gzip.compress(b"hello world, compressed and then cut " * 50)
+        return web.Response(body=whole[: len(whole) // 2],
+                            headers={"Content-Encoding": "gzip", "Content-Type": "text/plain"})
+
+    @routes.get("/zstd")
+    async def zstd_body(request: web.Request) -> web.Response:
+        """An encoding we never asked for and cannot decode."""
+        return web.Response(body=b"(\xb5/\xfd not really zstd",
+                            headers={"Content-Encoding": "zstd", "Content-Type": "text/plain"})
 
     @routes.get("/loop")
     async def loop(request: web.Request) -> web.Response:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from monitor.config import CheckConfig, Config, ConfigError, load_file, parse
+from monitor.vendorformats import PageSpec
 
 INVALID_DIR = Path(__file__).parent / "config" / "invalid"
 # The environment the invalid files are read with (variables come from here, not os.environ).
@@ -101,6 +102,17 @@ INVALID: dict[str, str] = {
         'bad-status-page.yaml:3: services.demo.status_page: invalid URL "status.example.com" (must be '
         'http:// or https:// with a host)'
     ),
+    'bad-status-page-format.yaml': (
+        'bad-status-page-format.yaml:5: services.demo.status_page.format: must be one of auto, statuspage, '
+        'incidentio, instatus, betterstack, rootly, gcloud, feed, got "atlassian"'
+    ),
+    'status-page-without-url.yaml': (
+        'status-page-without-url.yaml:3: services.demo.status_page: missing required key "url"'
+    ),
+    'unknown-status-page-key.yaml': (
+        'unknown-status-page-key.yaml:5: services.demo.status_page.component: unknown key "component" '
+        '(known: components, format, max_body_bytes, url)'
+    ),
     'bad-status-range.yaml': (
         'bad-status-range.yaml:6: services.demo.checks.home.expect.status: invalid status "299-200" '
         '(use codes 100-599, ranges like 2xx or 200-299)'
@@ -157,7 +169,8 @@ INVALID: dict[str, str] = {
     ),
     'defaults-unknown-expect-key.yaml': (
         'defaults-unknown-expect-key.yaml:3: defaults.expect.body: unknown key "body" (known: body_'
-        'contains, body_regex, cert_min_days, headers, json, max_latency, max_ttft, status)'
+        'contains, body_not_contains, body_not_regex, body_regex, cert_min_days, headers, json, max'
+        '_latency, max_stall, max_ttft, status)'
     ),
     'defaults-wrong-type-expect.yaml':
         'defaults-wrong-type-expect.yaml:2: defaults.expect: must be a mapping, got a list',
@@ -227,22 +240,23 @@ INVALID: dict[str, str] = {
         'unhashable-key.yaml:7: invalid YAML: while constructing a mapping, found unhashable key',
     'unknown-check-key.yaml': (
         'unknown-check-key.yaml:6: services.demo.checks.home.intervall: unknown key "intervall" (kn'
-        'own: body, close_after, critical, expect, format, headers, idle_timeout, interval, json, k'
-        'ind, max_body_bytes, method, open_after, steps, timeout, url)'
+        'own: body, close_after, critical, expect, follow_redirects, format, headers, idle_timeout,'
+        ' interval, ip_protocol, json, kind, max_body_bytes, method, open_after, proxy_url, steps, '
+        'timeout, tls, url)'
     ),
     'unknown-defaults-key.yaml': (
         'unknown-defaults-key.yaml:2: defaults.intervall: unknown key "intervall" (known: body, clo'
-        'se_after, critical, expect, format, headers, idle_timeout, interval, json, kind, max_body_'
-        'bytes, method, open_after, steps, timeout)'
+        'se_after, critical, expect, follow_redirects, format, headers, idle_timeout, interval, ip_'
+        'protocol, json, kind, max_body_bytes, method, open_after, proxy_url, steps, timeout, tls)'
     ),
     'unknown-expect-key.yaml': (
         'unknown-expect-key.yaml:8: services.demo.checks.home.expect.body_contain: unknown key "bod'
-        'y_contain" (known: body_contains, body_regex, cert_min_days, headers, json, max_latency, m'
-        'ax_ttft, status)'
+        'y_contain" (known: body_contains, body_not_contains, body_not_regex, body_regex, cert_min_'
+        'days, headers, json, max_latency, max_stall, max_ttft, status)'
     ),
     'unknown-key.yaml': (
         'unknown-key.yaml:2: service: unknown key "service" (known: defaults, limits, listen, locat'
-        'ion, notify, services, status_page_interval, storage, web_config)'
+        'ion, notify, public_url, services, status_page_interval, storage, web_config)'
     ),
     'unknown-limits-key.yaml': (
         'unknown-limits-key.yaml:2: limits.max_inflight: unknown key "max_inflight" (known: '
@@ -260,8 +274,8 @@ INVALID: dict[str, str] = {
     ),
     'url-in-defaults.yaml': (
         'url-in-defaults.yaml:2: defaults.url: unknown key "url" (known: body, close_after, critica'
-        'l, expect, format, headers, idle_timeout, interval, json, kind, max_body_bytes, method, op'
-        'en_after, steps, timeout)'
+        'l, expect, follow_redirects, format, headers, idle_timeout, interval, ip_protocol, json, k'
+        'ind, max_body_bytes, method, open_after, proxy_url, steps, timeout, tls)'
     ),
     'wrong-type-body-contains.yaml': (
         'wrong-type-body-contains.yaml:6: services.demo.checks.home.expect.body_contains: must be a '
@@ -328,6 +342,75 @@ INVALID: dict[str, str] = {
     'zero-duration.yaml': (
         'zero-duration.yaml:6: services.demo.checks.home.interval: invalid duration "0s" (must be more '
         'than 0)'
+    ),
+    'bad-ip-protocol.yaml': (
+        'bad-ip-protocol.yaml:6: services.demo.checks.home.ip_protocol: must be one of auto, ip4, i'
+        'p6, got "ipv6"'
+    ),
+    'bad-proxy-url.yaml': (
+        'bad-proxy-url.yaml:6: services.demo.checks.home.proxy_url: invalid proxy URL "https://prox'
+        'y.example:3128/" (use http://[user:password@]host:port)'
+    ),
+    'tls-unknown-key.yaml': (
+        'tls-unknown-key.yaml:7: services.demo.checks.home.tls.ca: unknown key "ca" (known: ca_file'
+        ', cert_file, insecure_skip_verify, key_file, server_name)'
+    ),
+    'tls-missing-file.yaml': (
+        'tls-missing-file.yaml:7: services.demo.checks.home.tls.ca_file: cannot use "no-such-ca.pem'
+        '": No such file or directory'
+    ),
+    'tls-key-without-cert.yaml': (
+        'tls-key-without-cert.yaml:6: services.demo.checks.home.tls.key_file: "key_file" needs "cer'
+        't_file"'
+    ),
+    'max-stall-not-stream.yaml': (
+        'max-stall-not-stream.yaml:6: services.demo.checks.home.expect.max_stall: "max_stall" needs'
+        ' kind: stream'
+    ),
+    'bad-idna-host.yaml': (
+        'bad-idna-host.yaml:5: services.demo.checks.home.url: invalid host name "a\u200db.example" in UR'
+        "L (Joiner U+200D not allowed at position 2 in 'a\\u200db')"
+    ),
+    'bad-group-wait.yaml': (
+        'bad-group-wait.yaml:2: notify.group_wait: invalid duration "soon" (use e.g. 500ms, 30s, 5m, 1h,'
+        ' 7d)'
+    ),
+    'bad-public-url.yaml': (
+        'bad-public-url.yaml:1: public_url: invalid URL "status.example.org" (must be http:// or https:/'
+        '/ with a host)'
+    ),
+    'target-apprise-rejects.yaml': (
+        'target-apprise-rejects.yaml:4: notify.targets[0].url: Apprise cannot use this slack:// URL: An '
+        'invalid Slack (second) Token (<redacted>) was specified.'
+    ),
+    'target-bad-kind.yaml': (
+        'target-bad-kind.yaml:5: notify.targets[0].kinds: must be one of down, degraded, closed, got "re'
+        'covered"'
+    ),
+    'target-bad-name.yaml': (
+        'target-bad-name.yaml:3: notify.targets[0].name: invalid target name "Ops Team" (use lowercase l'
+        'etters, digits, _ and -)'
+    ),
+    'target-closed-only.yaml': (
+        'target-closed-only.yaml:5: notify.targets[0].kinds: closed alone sends nothing: add down and/or'
+        ' degraded'
+    ),
+    'target-duplicate-name.yaml': (
+        'target-duplicate-name.yaml:5: notify.targets[1].name: duplicate target name "ops"'
+    ),
+    'target-missing-url.yaml': (
+        'target-missing-url.yaml:3: notify.targets[0]: missing required key "url"'
+    ),
+    'target-secret-in-error.yaml': (
+        'target-secret-in-error.yaml:4: notify.targets[0].url: Apprise cannot use this slack:// URL: An '
+        'invalid Slack (second) Token (<redacted>) was specified.'
+    ),
+    'target-unknown-scheme.yaml': (
+        'target-unknown-scheme.yaml:4: notify.targets[0].url: unknown Apprise scheme "fax://" (see https'
+        '://appriseit.com/services/)'
+    ),
+    'target-unknown-service.yaml': (
+        'target-unknown-service.yaml:5: notify.targets[0].services: unknown service "deepseek"'
     ),
 }
 
@@ -432,6 +515,26 @@ def test_top_level_keys() -> None:
     (service,) = cfg.services
     assert (service.id, service.title) == ("deepseek", "DeepSeek")
     assert service.status_page == "https://status.deepseek.com/api/v2/summary.json"
+    assert service.status_page_spec == PageSpec("https://status.deepseek.com/api/v2/summary.json")
+
+
+def test_status_page_with_format_and_components() -> None:
+    cfg = parse(textwrap.dedent("""\
+        services:
+          gemini:
+            status_page:
+              url: https://status.cloud.google.com/incidents.json
+              format: gcloud
+              components: [Vertex Gemini API]
+              max_body_bytes: 32MiB
+            checks:
+              api:
+                url: https://generativelanguage.googleapis.com/v1beta/models
+        """))
+    (service,) = cfg.services
+    assert service.status_page == "https://status.cloud.google.com/incidents.json"
+    assert service.status_page_spec == PageSpec("https://status.cloud.google.com/incidents.json", "gcloud",
+                                                ("Vertex Gemini API",), 32 * 1024 * 1024)
 
 
 @pytest.mark.parametrize(("listen", "host", "port"), [
@@ -725,3 +828,32 @@ def test_a_host_asked_for_more_than_its_rate_is_warned_about() -> None:
     assert cfg.notes() == ["host api.example: its checks ask for 30 requests/s, above "
                            "limits.per_host_rate (20/s); they will start late"]
     assert parse(text.replace("per_host_rate: 20", "per_host_rate: 30"), "c.yaml", env={}).notes() == []
+
+
+def test_notify_targets_defaults_and_their_urls_stay_out_of_reprs() -> None:
+    cfg = config("""
+        public_url: https://status.example.org/
+        notify:
+          targets:
+            - name: ops-mail
+              url: mailtos://alerts:${SMTP_PW}@mail.example.org?to=oncall@example.org
+            - name: chat
+              url: slack://T1JJ3T3L2/A1BRTD4JD/TIiajkdnlazkcOXrIdevi7
+              services: [demo]
+              kinds: [down, closed]
+              min_duration: 2m
+              max_attempts: 3
+              retry_initial: 500ms
+        services:
+          demo:
+            checks:
+              home: {url: "https://example.com/"}
+        """, env={"SMTP_PW": "hunter2-smtp"})
+    mail, chat = cfg.targets
+    assert (mail.name, mail.services, mail.kinds, mail.min_duration, mail.max_attempts) == (
+        "ops-mail", None, frozenset({"down", "degraded", "closed"}), 0.0, 5)
+    assert (chat.services, chat.kinds, chat.min_duration, chat.max_attempts, chat.retry_initial) == (
+        frozenset({"demo"}), frozenset({"down", "closed"}), 120.0, 3, 0.5)
+    assert (cfg.group_wait, cfg.public_url) == (30.0, "https://status.example.org")
+    assert "hunter2-smtp" in cfg.secrets  # redacted wherever the probes' texts are
+    assert "hunter2-smtp" not in repr(cfg.targets) and "TIiajkdnlazkcOXrIdevi7" not in repr(cfg.targets)

@@ -159,7 +159,8 @@ def aipulse(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
 def test_check_config_accepts_the_bundled_config() -> None:
     proc = aipulse("check-config", "-c", str(ROOT / "config.yaml"))
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == f"{ROOT / 'config.yaml'}: ok (7 services, 21 checks)"
+    assert proc.stdout.strip() == (f"{ROOT / 'config.yaml'}: ok (27 services, 22 with a status page, "
+                                   "74 checks)")
 
 
 def test_the_bundled_inference_checks_are_ready_to_enable() -> None:
@@ -168,14 +169,20 @@ def test_the_bundled_inference_checks_are_ready_to_enable() -> None:
     from monitor.config import parse
     text = (ROOT / "config.yaml").read_text().replace("#| ", "")
     keys = {f"{v}_API_KEY": "k" for v in
-            ("DEEPSEEK", "OPENAI", "ANTHROPIC", "GEMINI", "MISTRAL", "GROQ", "OPENROUTER")}
+            ("DEEPSEEK", "OPENAI", "ANTHROPIC", "GEMINI", "MISTRAL", "GROQ", "OPENROUTER", "COHERE",
+             "PERPLEXITY", "XAI", "TOGETHER", "FIREWORKS", "CEREBRAS", "SAMBANOVA", "DEEPINFRA", "AI21",
+             "MOONSHOT", "ZHIPUAI", "DASHSCOPE", "NVIDIA")} | {"HF_TOKEN": "k", "GITHUB_TOKEN": "k"}
     cfg = parse(text, "config.yaml", env=keys)
     streams = [c for c in cfg.checks if c.kind == "stream"]
-    assert sorted(c.service for c in streams) == sorted(s.id for s in cfg.services)
+    # every service with a text-streaming API; not the embeddings, speech and image ones
+    no_text_stream = {"replicate", "voyage", "jina", "elevenlabs", "stability"}
+    assert sorted(c.service for c in streams) == sorted(s.id for s in cfg.services
+                                                        if s.id not in no_text_stream)
     assert {c.format for c in streams} == {"openai", "anthropic", "gemini"}
     assert all(c.method == "POST" and c.body and c.expect.max_ttft for c in streams)
+    assert not cfg.skipped
     keyless = parse(text, "config.yaml", env={})
-    assert len(keyless.checks) == 21 and len(keyless.skipped) == 7
+    assert len(keyless.checks) == 74 and len(keyless.skipped) == 22
 
 
 def test_check_config_uses_config_yaml_in_the_working_directory(tmp_path: Path) -> None:

@@ -118,7 +118,7 @@ def test_webhook_tokens_stay_out_of_the_logs(tmp_path: Path, monkeypatch: pytest
             "defaults": {"interval": "200ms", "timeout": "200ms", "open_after": 1},
             "services": {"acme": {"checks": {"down": {"url": "http://127.0.0.1:1/"}}}},
         }
-        with start_daemon(config, tmp_path, log_format=log_format) as d:
+        with start_daemon(config, tmp_path, cli_args=("--log-format", log_format)) as d:
             wait_for(lambda: d.log.read_text().count("dropped after 1 attempt") >= 2)
     log = d.log.read_text()
     assert f"webhook {hook}: outage_opened acme/down dropped after 1 attempt(s): HTTP 404: Cannot POST" in log

@@ -60,12 +60,15 @@ def _drop_idle(live: LiveState) -> None:
 def test_fast_exposition_matches_prometheus_client(accept: str | None) -> None:
     live = _live()
     registry = make_registry(live, "here")
-    # empty, then after every kind of change: results, states, windows, ttft, steps, cert
+    # empty, then after every kind of change: results, states, windows, ttft, stream speed and
+    # gap, steps, cert
     steps = [
         lambda: None,
         lambda: live.record(_result("web", 1_700_000_000.0, cert_expiry=1_800_000_000.0)),
         lambda: live.record(_result("api", 1_700_000_001.0, Reason.OVERLOADED, steps={"login": 0.5})),
         lambda: live.record(_result("web", 1_700_000_030.0, ttft=0.7)),
+        lambda: live.record(_result("web", 1_700_000_031.0, ttft=0.6, output_tokens_per_second=41.5,
+                                    stream_max_gap=0.25)),
         lambda: live.checks[("svc", "api")].set_state(State.DOWN, 1_700_000_002.0),
         lambda: live.checks[("svc", "api")].window_opened(
             OutageWindow("svc", "api", "down", 1_700_000_001.0, reason="overloaded", severity="x")),

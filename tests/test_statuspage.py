@@ -627,55 +627,55 @@ async def test_poller_follows_the_page_through_json_html_hang_and_endless_body(
 ) -> None:
     caplog.set_level(logging.INFO, logger="aipulse.statuspage")
     updates: list[tuple[str, VendorStatus]] = []
-    async with new_client() as client:
-        poller = StatusPagePoller({"anthropic": page.url()}, client, interval=0.1, timeout=0.3,
-                                  max_bytes=256 * 1024, on_update=lambda s, v: updates.append((s, v)))
-        poller.start()
-        try:
-            # 1. JSON: read and parsed; polled again every interval
-            vs = await until(lambda: poller.latest.get("anthropic"))
-            assert vs[1].overall == "partial_outage" and vs[1].source == "statuspage"
-            assert len(vs[1].components) == 4 and len(vs[1].incidents) == 1
-            first = vs[0]
-            await until(lambda: poller.latest["anthropic"][0] > first)
-            assert poller.latest["anthropic"][1] == vs[1]
+    client = new_client()
+    poller = StatusPagePoller({"anthropic": page.url()}, client, interval=0.1, timeout=0.3,
+                              max_bytes=256 * 1024, on_update=lambda s, v: updates.append((s, v)))
+    poller.start()
+    try:
+        # 1. JSON: read and parsed; polled again every interval
+        vs = await until(lambda: poller.latest.get("anthropic"))
+        assert vs[1].overall == "partial_outage" and vs[1].source == "statuspage"
+        assert len(vs[1].components) == 4 and len(vs[1].incidents) == 1
+        first = vs[0]
+        await until(lambda: poller.latest["anthropic"][0] > first)
+        assert poller.latest["anthropic"][1] == vs[1]
 
-            # 2. HTML with 200: unknown, not operational
-            t = time.time()
-            page.mode = "html"
-            vs = await until(polled_after(poller, "anthropic", t, lambda v: "HTML" in v.detail))
-            assert vs.overall == "unknown" and vs.components == ()
+        # 2. HTML with 200: unknown, not operational
+        t = time.time()
+        page.mode = "html"
+        vs = await until(polled_after(poller, "anthropic", t, lambda v: "HTML" in v.detail))
+        assert vs.overall == "unknown" and vs.components == ()
 
-            # 3. hangs past the timeout: unknown after ~timeout, and the loop keeps running
-            t = time.time()
-            page.mode = "hang"
-            await until(lambda: page.hung)
-            began = time.monotonic()
-            lateness = 0.0
-            while time.monotonic() - began < 0.25:  # inside the hung poll
-                t0 = time.monotonic()
-                await asyncio.sleep(0.02)
-                lateness = max(lateness, time.monotonic() - t0 - 0.02)
-            assert lateness < 0.15  # a blocked loop would be late by most of the 0.3 s timeout
-            vs = await until(polled_after(poller, "anthropic", t, lambda v: "timeout" in v.detail))
-            assert time.monotonic() - page.hung[0] < 0.3 + 0.5
-            assert vs.overall == "unknown"
-            assert vs.detail == "fetch failed: timeout: no answer within 0.3s (waiting for response headers)"
+        # 3. hangs past the timeout: unknown after ~timeout, and the loop keeps running
+        t = time.time()
+        page.mode = "hang"
+        await until(lambda: page.hung)
+        began = time.monotonic()
+        lateness = 0.0
+        while time.monotonic() - began < 0.25:  # inside the hung poll
+            t0 = time.monotonic()
+            await asyncio.sleep(0.02)
+            lateness = max(lateness, time.monotonic() - t0 - 0.02)
+        assert lateness < 0.15  # a blocked loop would be late by most of the 0.3 s timeout
+        vs = await until(polled_after(poller, "anthropic", t, lambda v: "timeout" in v.detail))
+        assert time.monotonic() - page.hung[0] < 0.3 + 0.5
+        assert vs.overall == "unknown"
+        assert vs.detail == "fetch failed: timeout: no answer within 0.3s (waiting for response headers)"
 
-            # 4. an endless body: stopped at max_bytes
-            t = time.time()
-            page.mode = "endless"
-            vs = await until(polled_after(poller, "anthropic", t, lambda v: "body_too_large" in v.detail))
-            assert vs.overall == "unknown"
-            assert vs.detail == "fetch failed: body_too_large: body larger than 262144 bytes"
+        # 4. an endless body: stopped at max_bytes
+        t = time.time()
+        page.mode = "endless"
+        vs = await until(polled_after(poller, "anthropic", t, lambda v: "body_too_large" in v.detail))
+        assert vs.overall == "unknown"
+        assert vs.detail == "fetch failed: body_too_large: body larger than 262144 bytes"
 
-            # 5. back to JSON: recovers
-            t = time.time()
-            page.mode = "statuspage"
-            vs = await until(polled_after(poller, "anthropic", t, lambda v: v.overall != "unknown"))
-            assert vs.overall == "partial_outage"
-        finally:
-            await poller.stop()
+        # 5. back to JSON: recovers
+        t = time.time()
+        page.mode = "statuspage"
+        vs = await until(polled_after(poller, "anthropic", t, lambda v: v.overall != "unknown"))
+        assert vs.overall == "partial_outage"
+    finally:
+        await poller.stop()
     assert all(s == "anthropic" for s, _ in updates) and len(updates) >= 6
     changes = [r.getMessage() for r in caplog.records if r.name == "aipulse.statuspage"]
     assert changes == [
@@ -687,55 +687,55 @@ async def test_poller_follows_the_page_through_json_html_hang_and_endless_body(
 
 
 async def test_fetch_challenge_redirect_gzip_and_connect_refused(page: Page) -> None:
-    async with new_client() as client:
-        page.mode = "challenge"
-        vs = await fetch(client, page.url(), timeout=2)
-        assert vs.overall == "unknown" and vs.detail.startswith("bot challenge")
+    client = new_client()
+    page.mode = "challenge"
+    vs = await fetch(client, page.url(), timeout=2)
+    assert vs.overall == "unknown" and vs.detail.startswith("bot challenge")
 
-        page.mode = "moved"  # 301 to "/", which is HTML: "moved", not healthy
-        vs = await fetch(client, page.url(), timeout=2)
-        assert vs.overall == "unknown" and "HTML where JSON was expected" in vs.detail
+    page.mode = "moved"  # 301 to "/", which is HTML: "moved", not healthy
+    vs = await fetch(client, page.url(), timeout=2)
+    assert vs.overall == "unknown" and "HTML where JSON was expected" in vs.detail
 
-        page.mode = "gzip"
-        vs = await fetch(client, page.url("/proxy/status.example.com"), timeout=2)
-        assert vs.source == "incidentio" and vs.overall == "major_outage"
+    page.mode = "gzip"
+    vs = await fetch(client, page.url("/proxy/status.example.com"), timeout=2)
+    assert vs.source == "incidentio" and vs.overall == "major_outage"
 
-        page.mode = "boom"
-        vs = await fetch(client, page.url(), timeout=2)
-        assert vs.overall == "unknown" and vs.detail.startswith("HTTP 500")
+    page.mode = "boom"
+    vs = await fetch(client, page.url(), timeout=2)
+    assert vs.overall == "unknown" and vs.detail.startswith("HTTP 500")
 
-        with serve_page() as gone:
-            closed_url = gone.url()
-        vs = await fetch(client, closed_url, timeout=2)
-        assert vs.overall == "unknown" and vs.detail.startswith("fetch failed: connect:")
+    with serve_page() as gone:
+        closed_url = gone.url()
+    vs = await fetch(client, closed_url, timeout=2)
+    assert vs.overall == "unknown" and vs.detail.startswith("fetch failed: connect:")
 
 
 async def test_poller_polls_at_once_updates_pages_and_stops_mid_poll(page: Page) -> None:
     def broken_callback(service: str, status: VendorStatus) -> None:
         raise RuntimeError("consumer bug")
 
-    async with new_client() as client:
-        # A long interval: the first poll still happens right away.
-        poller = StatusPagePoller({"a": page.url()}, client, interval=60, timeout=5,
-                                  on_update=broken_callback)
-        poller.start()
-        try:
-            await until(lambda: poller.latest.get("a"))
-            assert poller.latest["a"][1].overall == "partial_outage"  # the callback's error was contained
+    client = new_client()
+    # A long interval: the first poll still happens right away.
+    poller = StatusPagePoller({"a": page.url()}, client, interval=60, timeout=5,
+                              on_update=broken_callback)
+    poller.start()
+    try:
+        await until(lambda: poller.latest.get("a"))
+        assert poller.latest["a"][1].overall == "partial_outage"  # the callback's error was contained
 
-            await poller.update({"a": page.url(), "b": page.url("/proxy/status.example.com")})
-            await until(lambda: poller.latest.get("b"))
-            await poller.update({"b": page.url("/proxy/status.example.com")})
-            assert "a" not in poller.latest and set(poller.pages) == {"b"}
+        await poller.update({"a": page.url(), "b": page.url("/proxy/status.example.com")})
+        await until(lambda: poller.latest.get("b"))
+        await poller.update({"b": page.url("/proxy/status.example.com")})
+        assert "a" not in poller.latest and set(poller.pages) == {"b"}
 
-            page.mode = "hang"
-            await poller.update({"b": page.url("/proxy/status.example.com"), "c": page.url()})
-            await until(lambda: page.hung)
-        finally:
-            t0 = time.monotonic()
-            await poller.stop()
-            assert time.monotonic() - t0 < 1.0  # cancelled mid-poll, not waited out
-        await poller.stop()  # idempotent
+        page.mode = "hang"
+        await poller.update({"b": page.url("/proxy/status.example.com"), "c": page.url()})
+        await until(lambda: page.hung)
+    finally:
+        t0 = time.monotonic()
+        await poller.stop()
+        assert time.monotonic() - t0 < 1.0  # cancelled mid-poll, not waited out
+    await poller.stop()  # idempotent
 
 
 def test_poller_rejects_nonsense_settings() -> None:

@@ -278,7 +278,7 @@ async def test_schema_version_and_idempotent_open(tmp_path: Path) -> None:
     store.open(0.0)
     await store.write([WindowOpened(win())])
     await store.close()
-    assert scalar(db, "PRAGMA user_version") == SCHEMA_VERSION == len(store_mod.MIGRATIONS) == 1
+    assert scalar(db, "PRAGMA user_version") == SCHEMA_VERSION == len(store_mod.MIGRATIONS) == 2
     assert scalar(db, "PRAGMA journal_mode") == "wal"
     with reader(db) as conn:
         schema = conn.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall()
@@ -286,7 +286,7 @@ async def test_schema_version_and_idempotent_open(tmp_path: Path) -> None:
         assert (await reopen(db)).open_windows == [win()]
     with reader(db) as conn:
         assert conn.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall() == schema
-    assert scalar(db, "PRAGMA user_version") == 1
+    assert scalar(db, "PRAGMA user_version") == 2
 
 
 async def test_adding_a_migration_is_one_list_entry(tmp_path: Path,
@@ -302,7 +302,7 @@ async def test_adding_a_migration_is_one_list_entry(tmp_path: Path,
          "CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT)"),
     ])
     assert (await reopen(db)).open_windows == [win()]
-    assert scalar(db, "PRAGMA user_version") == 2
+    assert scalar(db, "PRAGMA user_version") == store_mod.SCHEMA_VERSION + 1
     assert scalar(db, "SELECT count(*) FROM notes") == 0
     monkeypatch.undo()
     # A database from a newer aipulse is refused, not silently misread.

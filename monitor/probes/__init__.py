@@ -1,76 +1,77 @@
-"""Probes: one module per kind, one signature, one result type.
+"""Probes: one module per kind, one signature, one runner, one result type.
 
-    async def probe(check: CheckConfig, client: httpx.AsyncClient, redact: Redactor) -> ProbeResult
+    async def probe(check: CheckConfig, probe: runner.Probe) -> Verdict   # (reason, detail)
 
+`http`, `flow` and `stream` each speak their protocol through the one HTTP/1.1 client
+(monitor.probes.client); `runner.run` owns the clock, the deadline and the result.
 A probe never raises and never touches metrics or storage: it returns a ProbeResult.
-`Prober` owns what probes share (TLS contexts, transports) and dispatches by kind.
+`Prober` holds what probes share (TLS contexts, the secrets) and dispatches by kind.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import ssl
 import time
-from collections.abc import Awaitable, Callable
-from http.cookiejar import Cookie, CookieJar, DefaultCookiePolicy
 
-import httpx
+import certifi
 
 from monitor import __version__
-from monitor.config import CheckConfig
-from monitor.probes import flow, http, lean, stream
-from monitor.probes.transport import ProbeTransport, verified_context
+from monitor.config import CheckConfig, TLSConfig
+from monitor.probes import flow, http, runner, stream
+from monitor.probes.client import DEFAULT_OPTIONS, Client, Options, parse_url
 from monitor.reasons import Reason
 from monitor.redact import Redactor
 from monitor.result import ProbeResult
 
-ProbeFn = Callable[[CheckConfig, httpx.AsyncClient, Redactor], Awaitable[ProbeResult]]
-
-PROBES: dict[str, ProbeFn] = {"http": http.probe, "flow": flow.probe, "stream": stream.probe}
+KINDS: dict[str, runner.Kind] = {"http": http.probe, "flow": flow.probe, "stream": stream.probe}
 
 log = logging.getLogger("aipulse")
 
 USER_AGENT = f"aipulse/{__version__} (availability monitor)"
 
 
-class _NoCookies(DefaultCookiePolicy):
-    """Keeps no cookie: what one probe is sent never reaches another."""
+def verified_context(ca_file: str | None = None) -> ssl.SSLContext:
+    """Verifies certificates against Mozilla's roots (certifi, as httpx does), or only
+    against `ca_file`."""
+    return ssl.create_default_context(cafile=ca_file or certifi.where())
 
-    def set_ok(self, cookie: Cookie, request: object) -> bool:
-        return False
+
+def tls_context(tls: TLSConfig) -> ssl.SSLContext:
+    """The context for a check's `tls:` options."""
+    context = verified_context(tls.ca_file)
+    if tls.insecure_skip_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if tls.cert_file:
+        context.load_cert_chain(tls.cert_file, tls.key_file)
+    return context
 
 
 class Prober:
-    """Runs probes over one shared transport (never keeping a connection).
-
-    `http` and `stream` probes share one client that stores no cookie (building a
-    client per probe cost about a fifth of a probe's CPU); a `flow` probe gets its
-    own client, so cookies carry across its steps and no further.
-    """
+    """Runs probes; keeps no connection and no cookie from one probe to the next."""
 
     def __init__(
         self, secrets: frozenset[str] = frozenset(), ssl_context: ssl.SSLContext | None = None
     ) -> None:
-        self.redact = Redactor(secrets)
-        self._transport = ProbeTransport(ssl_context or verified_context())
-        self._shared = self._client(cookies=httpx.Cookies(CookieJar(_NoCookies())))
-        self._lean = lean.LeanClient(self._transport._ssl_context, USER_AGENT)
+        self.client = Client(ssl_context or verified_context(), USER_AGENT, secrets)
+        self._redact = Redactor(secrets)
 
-    def _client(self, cookies: httpx.Cookies | None = None) -> httpx.AsyncClient:
-        return httpx.AsyncClient(
-            transport=self._transport,
-            headers={"User-Agent": USER_AGENT, "Accept-Encoding": "gzip, deflate"},
-            cookies=cookies,
-            timeout=None,  # the probe's own deadline covers everything
-            trust_env=False,
-        )
+    @property
+    def redact(self) -> Redactor:
+        return self._redact
+
+    @redact.setter
+    def redact(self, redactor: Redactor) -> None:
+        """A reload's secrets: redacted from details, and never sent to another origin."""
+        self._redact = redactor
+        self.client.secrets = redactor.secrets
 
     async def run(self, check: CheckConfig) -> ProbeResult:
         try:
-            if check.kind == "http":
-                return await lean.probe(check, self._lean, self.redact)
-            client = self._client() if check.kind == "flow" else self._shared
-            return await PROBES[check.kind](check, client, self.redact)
+            return await runner.run(KINDS[check.kind], check, self.client, self.options(check), self.redact)
         except Exception as exc:  # a bug in a probe must not stop the scheduler
             # ... nor look like the service's outage: `internal` makes it unknown.
             log.exception("probe of %s/%s failed inside aipulse", check.service, check.id)
@@ -80,5 +81,40 @@ class Prober:
                 internal=True,
             )
 
+    def options(self, check: CheckConfig) -> Options:
+        if check.follow_redirects and check.ip_protocol == "auto" and check.proxy_url is None \
+                and check.tls is None:
+            return DEFAULT_OPTIONS
+        return _options(check.follow_redirects, check.ip_protocol, check.proxy_url, check.tls,
+                        _stamp(check.tls))
+
     async def aclose(self) -> None:
-        await self._transport.aclose()
+        """Nothing is kept open between probes; kept for the callers' symmetry."""
+
+
+def _stamp(tls: TLSConfig | None) -> tuple[float, ...]:
+    """When the TLS files last changed: a renewed client certificate or CA file is
+    read again by the next probe."""
+    if tls is None:
+        return ()
+    stamps = []
+    for path in (tls.ca_file, tls.cert_file, tls.key_file):
+        try:
+            stamps.append(os.stat(path).st_mtime if path else 0.0)
+        except OSError:
+            stamps.append(-1.0)
+    return tuple(stamps)
+
+
+@functools.lru_cache(maxsize=1024)
+def _options(follow_redirects: bool, ip_protocol: str, proxy_url: str | None,
+             tls: TLSConfig | None, stamp: tuple[float, ...]) -> Options:
+    return Options(
+        follow_redirects=follow_redirects, ip_protocol=ip_protocol,
+        proxy=parse_url(proxy_url) if proxy_url else None,
+        ssl_context=tls_context(tls) if tls is not None and tls.needs_context else None,
+        server_name=tls.server_name if tls is not None else None,
+    )
+
+
+

@@ -10,78 +10,69 @@ Extracted values are treated as secrets: they never appear in a detail.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from urllib.parse import quote
 
-import httpx
-
 from monitor.config import TEMPLATE, CheckConfig, Extraction, FlowStep
-from monitor.probes.http import failure, fetch_refused_cert, read_body, result_of, send
+from monitor.probes.client import Cookies, Response
 from monitor.probes.judge import judge
-from monitor.probes.transport import ProbeTrace
-from monitor.reasons import Reason
-from monitor.redact import Redactor
-from monitor.result import ProbeResult
+from monitor.probes.runner import Probe, Verdict
+from monitor.reasons import Failure, Reason
 
 
 class ExtractError(Exception):
     pass
 
 
-async def probe(check: CheckConfig, client: httpx.AsyncClient, redact: Redactor) -> ProbeResult:
-    started = time.time()
-    t0 = time.perf_counter()
-    trace = ProbeTrace()
-    token = trace.activate()
-    variables: dict[str, str] = {}
-    step_seconds: dict[str, float] = {}
-    failed: tuple[str, Reason, str] | None = None
+async def probe(check: CheckConfig, probe: Probe) -> Verdict:
+    steps: dict[str, float] = {}
+    probe.fields["steps"] = steps
+    failed: list[tuple[str, Reason, str]] = []  # the first failing step: it names the result
     current = check.steps[0].name
-    t_step = time.perf_counter()
-    try:
-        async with asyncio.timeout(check.timeout):
-            for step in check.steps:
-                if failed is not None and not step.always_run:
-                    continue
-                current = step.name
-                t_step = time.perf_counter()
-                reason, detail = await _run_step(step, check, client, trace, variables)
-                step_seconds[step.name] = time.perf_counter() - t_step
-                if reason is not Reason.OK and failed is None:
-                    failed = (step.name, reason, detail)
-    except TimeoutError:
-        step_seconds[current] = time.perf_counter() - t_step
-        if failed is None:  # a clean-up step timing out does not hide the first failure
-            failed = (current, Reason.TIMEOUT, f"timed out after {check.timeout:g}s {trace.stage}")
-    finally:
-        trace.deactivate(token)
-    duration = time.perf_counter() - t0
-    step, reason, detail = failed if failed is not None else (None, Reason.OK, "")
-    if step is not None:
-        detail = f"step {step}: {detail}"
-    return result_of(check, trace, started, duration, reason, redact.with_secrets(variables.values())(detail),
-                     step=step, steps=step_seconds)
+
+    def on_timeout(said: str) -> Verdict:
+        # A clean-up step timing out does not hide the first failure.
+        step, reason, detail = failed[0] if failed else (current, Reason.TIMEOUT, said)
+        probe.fields["step"] = step
+        return reason, f"step {step}: {detail}"
+
+    probe.on_timeout = on_timeout
+    variables: dict[str, str] = {}
+    for step in check.steps:
+        if failed and not step.always_run:
+            continue
+        current = step.name
+        began = time.perf_counter()
+        try:
+            reason, detail = await _run_step(step, probe, variables)
+        except Failure as failure:
+            reason, detail = failure.reason, failure.detail
+        finally:  # also when the deadline cancels the step
+            steps[step.name] = time.perf_counter() - began
+        if reason is not Reason.OK and not failed:
+            failed.append((step.name, reason, detail))
+    if not failed:
+        return Reason.OK, ""
+    step, reason, detail = failed[0]
+    probe.fields["step"] = step
+    return reason, f"step {step}: {detail}"
 
 
-async def _run_step(step: FlowStep, check: CheckConfig, client: httpx.AsyncClient, trace: ProbeTrace,
-                    variables: dict[str, str]) -> tuple[Reason, str]:
+async def _run_step(step: FlowStep, probe: Probe, variables: dict[str, str]) -> Verdict:
     url = render(step.url, variables, url=True)
     headers = tuple((k, render(v, variables)) for k, v in step.headers)
     body = render(step.body.decode(), variables).encode() if step.body is not None else None
-    try:
-        response = await send(client, step.method, url, headers, body, trace)
-        content = await read_body(response, check.max_body_bytes, trace)
-    except Exception as exc:
-        await fetch_refused_cert(exc, trace)
-        return failure(exc, check, trace)
-    reason, detail = judge(step.expect, response.status_code, response.headers, content,
-                           trace.cert_expiry, time.time())
+    response, content = await probe.fetch(step.method, url, headers, body)
+    encoding = response.headers.get("content-encoding") or "" if response.undecodable else ""
+    reason, detail = judge(step.expect, response.status, response.headers, content,
+                           probe.trace.cert_expiry, time.time(), undecodable=encoding)
     if reason is Reason.OK:
         try:
             for extraction in step.extract:
-                variables[extraction.var] = extract(extraction, response, content, client)
+                value = extract(extraction, response, content, probe.cookies)
+                variables[extraction.var] = value
+                probe.secrets.append(value)  # extracted values are treated as secrets
         except ExtractError as exc:
             return Reason.ASSERTION, str(exc)
         except (ValueError, RecursionError, LookupError) as exc:  # e.g. JSON nested too deeply
@@ -97,7 +88,7 @@ def render(text: str, variables: dict[str, str], url: bool = False) -> str:
     return TEMPLATE.sub(sub, text)
 
 
-def extract(e: Extraction, response: httpx.Response, content: bytes, client: httpx.AsyncClient) -> str:
+def extract(e: Extraction, response: Response, content: bytes, cookies: Cookies) -> str:
     """The value `e` selects, as text; ExtractError when nothing matches."""
     if e.source == "json":
         try:
@@ -115,7 +106,7 @@ def extract(e: Extraction, response: httpx.Response, content: bytes, client: htt
             raise ExtractError(f"extract {e.var}: no header {e.expr}")
         return header
     if e.source == "cookie":
-        cookie = response.cookies.get(e.compiled) or client.cookies.get(e.compiled)
+        cookie = cookies.get(e.compiled)
         if cookie is None:
             raise ExtractError(f"extract {e.var}: no cookie {e.expr}")
         return cookie

@@ -16,8 +16,10 @@ def judge(
     body: bytes,
     cert_expiry: float | None,
     now: float,
+    undecodable: str = "",
 ) -> tuple[Reason, str]:
-    """(reason, detail) for one response. `headers` must be case-insensitive."""
+    """(reason, detail) for one response. `headers` must be case-insensitive;
+    `undecodable` names the body's Content-Encoding when we could not decode it."""
     if not expect.accepts(status) or (
         # A challenge page is never the service's answer, even on an accepted status.
         reason_for_status(status, headers, body) is Reason.BLOCKED
@@ -33,12 +35,19 @@ def judge(
         if not pattern.search(value):
             return Reason.ASSERTION, f"header {name} does not match /{pattern.pattern}/"
     if expect.needs_body:
+        if undecodable:
+            return Reason.PROTOCOL, f"body is encoded as {undecodable!r}, which aipulse cannot decode"
         text = body.decode("utf-8", errors="replace")
         for needle in expect.body_contains:
             if needle not in text:
                 return Reason.ASSERTION, f"body does not contain {needle!r}"
         if expect.body_regex is not None and not expect.body_regex.search(text):
             return Reason.ASSERTION, f"body does not match /{expect.body_regex.pattern}/"
+        for needle in expect.body_not_contains:
+            if needle in text:
+                return Reason.ASSERTION, f"body contains {needle!r}"
+        if expect.body_not_regex is not None and expect.body_not_regex.search(text):
+            return Reason.ASSERTION, f"body matches /{expect.body_not_regex.pattern}/"
         if expect.json:
             try:
                 doc = json.loads(text)
