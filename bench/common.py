@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -258,12 +258,14 @@ sys.exit(main())
 
 
 def start_aipulse(config: Path, *, src: str | None = None, loop: str | None = None,
-                  log_path: Path | None = None) -> subprocess.Popen[bytes]:
-    """`aipulse run -c config` as a subprocess.
+                  log_path: Path | None = None, run_args: tuple[str, ...] = (),
+                  preexec_fn: Callable[[], None] | None = None) -> subprocess.Popen[bytes]:
+    """`aipulse run -c config [run_args]` as a subprocess.
 
     `src`: a checkout to run instead of the installed package (before/after figures);
     `loop`: "uvloop" or "asyncio" to choose the event loop (AIPULSE_LOOP; default:
-    whatever `aipulse run` itself picks, uvloop when installed).
+    whatever `aipulse run` itself picks, uvloop when installed); `preexec_fn` runs in
+    the child first (resource limits).
     """
     # the aipulse installed beside this Python (`.venv/bin/python bench/...`), else PATH's
     beside = Path(sys.executable).parent / "aipulse"
@@ -273,7 +275,8 @@ def start_aipulse(config: Path, *, src: str | None = None, loop: str | None = No
     else:
         cmd = [sys.executable, "-c", LAUNCHER, src or "", loop or ""]
     out = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
-    return subprocess.Popen([*cmd, "run", "-c", str(config)], stdout=out, stderr=subprocess.STDOUT)
+    return subprocess.Popen([*cmd, "run", "-c", str(config), *run_args], stdout=out, stderr=subprocess.STDOUT,
+                            preexec_fn=preexec_fn)
 
 
 _SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)', re.M)

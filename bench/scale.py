@@ -122,7 +122,9 @@ def main_phase(args: argparse.Namespace, tmp: Path, port: int, access_log: Path)
         cfg, urls, interval=args.interval, timeout=timeout, db=tmp / "big.db", listen=f"127.0.0.1:{listen}")
     write("5s")
     t_spawn = time.monotonic()
-    proc = common.start_aipulse(cfg, src=args.src, loop=args.loop, log_path=tmp / "big.log")
+    # POST /-/reload needs the lifecycle flag (a checkout from before it: give --no-lifecycle-flag)
+    proc = common.start_aipulse(cfg, src=args.src, loop=args.loop, log_path=tmp / "big.log",
+                                run_args=() if args.no_lifecycle_flag else ("--web.enable-lifecycle",))
     out: dict[str, object] = {"checks": args.checks}
     try:
         t_ready = common.wait_http(f"{base}/readyz", timeout=300, proc=proc)
@@ -251,6 +253,8 @@ def main() -> None:
     p.add_argument("--src", default=None,
                    help="run the aipulse of this checkout instead of the installed one (before/after)")
     p.add_argument("--skip-small", action="store_true", help="skip the 1,000-check phase")
+    p.add_argument("--no-lifecycle-flag", action="store_true",
+                   help="do not pass --web.enable-lifecycle (a --src checkout from before it)")
     p.add_argument("--json", type=Path, help="also write the figures as JSON here")
     p.add_argument("--max-load", type=float, default=0.0,
                    help="wait (up to 10 min) for the 1-minute load average to drop below this")

@@ -22,12 +22,14 @@ from monitor.config import (
     load_file,
     parse_listen,
 )
+from monitor.listener import DEFAULT_MAX_CONNECTIONS
+from monitor.logs import printable
 from monitor.probes import Prober
 from monitor.result import ProbeResult
 from monitor.scheduler import Scheduler
 from monitor.store import StorageError
 from monitor.units import format_duration, parse_time, rfc3339
-from monitor.webconfig import WebConfigError
+from monitor.webconfig import WebConfigError, load_web_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,6 +61,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--location", help="value of the location label on every series")
     run.add_argument("--shard", metavar="I/N", help="probe only shard I of N (1-based) of the checks; "
                      "N instances of one location, same config, split it without overlap")
+    run.add_argument("--web.enable-lifecycle", dest="enable_lifecycle", action="store_true",
+                     help="allow POST /-/reload (as Prometheus); off by default: SIGHUP always reloads")
+    run.add_argument("--web.max-connections", dest="max_connections", type=_positive_int,
+                     default=DEFAULT_MAX_CONNECTIONS, metavar="N",
+                     help=f"most connections served at once (default {DEFAULT_MAX_CONNECTIONS}, as "
+                     "Prometheus); at the cap the longest idle one is closed to let a new one in")
     run.set_defaults(func=cmd_run)
 
     check = sub.add_parser("check-config", help="validate the config and exit")
@@ -100,13 +108,25 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _load(args: argparse.Namespace) -> Config | None:
     path = args.config or default_path()
     try:
-        return load_file(path)
+        cfg = load_file(path)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return None
+    logs.redact_with(logs.config_redactor(cfg))  # what this command logs stays clean too
+    return cfg
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -168,6 +188,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"--shard: {exc}", file=sys.stderr)
             return 2
     cfg = dataclasses.replace(cfg, **overrides)  # type: ignore[arg-type]
+    if cfg.web_config:
+        try:  # an empty, unreadable or wrong web config must not start an open server
+            load_web_config(cfg.web_config)
+        except WebConfigError as exc:
+            print(f"web_config: {exc}", file=sys.stderr)
+            return 2
     try:
         factory = event_loop.loop_factory()  # uvloop when installed, or as AIPULSE_LOOP says
     except ValueError as exc:
@@ -180,8 +206,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     _return_freed_memory()
     try:
         with asyncio.Runner(loop_factory=factory) as runner:
-            runner.run(Daemon(cfg, overrides).run())
-    except (OSError, StorageError, WebConfigError) as exc:  # port taken, database unusable, ...
+            runner.run(Daemon(cfg, overrides, lifecycle=args.enable_lifecycle,
+                              max_connections=args.max_connections).run())
+    except WebConfigError as exc:  # it changed between the check above and the start
+        logging.getLogger("aipulse").error("cannot start: %s", exc)
+        return 2
+    except (OSError, StorageError) as exc:  # port taken, database unusable, ...
         logging.getLogger("aipulse").error("cannot start: %s", exc)
         return 1
     return 0
@@ -320,6 +350,9 @@ def _printable(text: str) -> str:
 
 
 def _columns(rows: list[tuple[str, ...]]) -> str:
+    # Cells quote what targets and notification services sent: control characters would
+    # reach the operator's terminal (colours, cursor moves, a retitled window) unless escaped.
+    rows = [tuple(printable(c).replace("\n", "\\n").replace("\t", "\\t") for c in row) for row in rows]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
                      for row in rows)
@@ -330,7 +363,7 @@ def format_table(results: list[ProbeResult]) -> str:
     for r in results:
         outcome = "degraded" if r.degraded else r.reason.value
         rows.append((r.service, r.check, outcome, str(r.status_code or "-"),
-                     f"{r.duration * 1000:.0f}ms", r.detail[:80]))
+                     f"{r.duration * 1000:.0f}ms", printable(r.detail.replace("\n", " "))[:80]))
     return _columns(rows)
 
 

@@ -14,14 +14,14 @@ from collections import Counter
 from typing import Any
 
 import stamina
-from aiohttp import web
 
+from monitor import logs, server, shard, statuspage, systemd, vendorlog
 from monitor import loop as event_loop
-from monitor import server, shard, statuspage, systemd, vendorlog
 from monitor.availability import WINDOWS
 from monitor.config import Config, ConfigError, database_path, load_file
 from monitor.connectivity import CanaryProber
 from monitor.delivery import Notifications, TargetNotifier
+from monitor.listener import DEFAULT_MAX_CONNECTIONS, connection_budget, raise_nofile_limit
 from monitor.live import LiveState
 from monitor.metrics import make_registry
 from monitor.notify import Notifier
@@ -43,9 +43,14 @@ class Daemon:
     """One running aipulse. `run()` until `stop()` (or SIGTERM/SIGINT); `reload()`
     (or SIGHUP) applies the config file again."""
 
-    def __init__(self, config: Config, overrides: dict[str, Any] | None = None) -> None:
+    def __init__(self, config: Config, overrides: dict[str, Any] | None = None, *,
+                 lifecycle: bool = False, max_connections: int = DEFAULT_MAX_CONNECTIONS) -> None:
         self.config = self._select(config)  # only the checks of this instance's shard
         self.overrides = overrides or {}  # from the command line; they win on reload too
+        self.lifecycle = lifecycle  # --web.enable-lifecycle: POST /-/reload allowed
+        self.max_connections = max_connections  # --web.max-connections
+        self._nofile = 0
+        self._status_sent: str | None = None  # the last STATUS= told to systemd
         self.db_path = database_path(config.storage_path)
         self.live = LiveState()
         self.registry = make_registry(self.live, config.location)
@@ -53,7 +58,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self.sd = systemd.SystemdNotifier()  # no-op unless started by systemd (NOTIFY_SOCKET)
-        self._runner: web.AppRunner | None = None
+        self._served: server.Served | None = None
         self._vendor_logged: dict[str, vendorlog.VendorSnapshot] = {}  # last stored, per service
         self._vendor_writes: set[asyncio.Task[None]] = set()
 
@@ -62,7 +67,9 @@ class Daemon:
 
     async def run(self) -> None:
         cfg = self.config
+        logs.redact_with(logs.config_redactor(cfg))
         web_config = load_web_config(cfg.web_config) if cfg.web_config else WebConfig()
+        self._nofile = raise_nofile_limit()
         for note in cfg.notes():
             log.warning("%s", note)
         self.prober = Prober(cfg.secrets)
@@ -94,12 +101,13 @@ class Daemon:
         self.poller = poller = statuspage.StatusPagePoller(
             self._vendor_pages(cfg), vendor_client, interval=cfg.status_page_interval,
             on_update=self._vendor_update)
-        self.web_config = web_config
         loop = asyncio.get_running_loop()
         try:
-            app = server.make_app(self.live, self.registry, self.db_path, self.reload, web_config)
-            self._runner = await server.start(app, cfg.listen_host, cfg.listen_port, web_config.ssl_context)
-            self.port = server.bound_port(self._runner)
+            app = server.make_app(self.live, self.registry, self.db_path, self.reload, web_config,
+                                  lifecycle=self.lifecycle)
+            self._served = await server.start(app, cfg.listen_host, cfg.listen_port,
+                                              max_connections=self._connection_cap(cfg))
+            self.port = server.bound_port(self._served)
             for sig in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.add_signal_handler(sig, self.stop)
@@ -115,7 +123,8 @@ class Daemon:
                      "https" if web_config.ssl_context else "http", cfg.listen_host, self.port, self.db_path,
                      event_loop.name())
             self._log_coverage(cfg)
-            self.sd.ready(self._sd_status())  # after /readyz turned 200
+            self._status_sent = self._sd_status()
+            self.sd.ready(self._status_sent)  # after /readyz turned 200
             await self._stop.wait()
             log.info("stopping")
         finally:
@@ -127,8 +136,8 @@ class Daemon:
             await vendor_client.aclose()
             await pipeline.stop()
             heartbeat.cancel()
-            if self._runner is not None:
-                await self._runner.cleanup()
+            if self._served is not None:
+                await self._served.cleanup()
             if pipeline.notifier is not None:
                 await pipeline.notifier.aclose(timeout=2.0)  # type: ignore[attr-defined]
             store.heartbeat(time.time())
@@ -147,7 +156,8 @@ class Daemon:
             try:
                 return await self._reload()
             finally:
-                self.sd.ready(self._sd_status())  # READY=1 ends the reload, failed or not
+                self._status_sent = self._sd_status()
+                self.sd.ready(self._status_sent)  # READY=1 ends the reload, failed or not
 
     async def _reload(self) -> str | None:
         """The body of reload(), under its lock."""
@@ -167,6 +177,7 @@ class Daemon:
             new = dataclasses.replace(new, **{k: getattr(old, k) for k in changed})
         for note in new.notes():
             log.warning("%s", note)
+        logs.redact_with(logs.config_redactor(new))
         self.prober.redact = Redactor(new.secrets)
         await self.pipeline.commit(self.pipeline.configure(new))
         self.scheduler.set_checks(new.checks)
@@ -177,15 +188,26 @@ class Daemon:
                 await self.notifications.webhooks.aclose(timeout=2.0)
             self.notifications.webhooks = self._make_notifier(new)
         self.notifications.targets.configure(new)
-        if "web_config" not in changed:
-            self.web_config.users = web_config.users  # applies to the next request
-            self.web_config._verified.clear()
+        if self._served is not None:
+            if "web_config" not in changed:
+                self._served.security.apply(web_config)  # users, certificates: from the next request on
+            self._served.listener.max_connections = self._connection_cap(new)
         self.config = new
         self.live.reload_ok = True
         _settle_gc()
         log.info("config reloaded: %d checks in %d services", len(new.checks), len(new.services))
         self._log_coverage(new)
         return None
+
+    def _connection_cap(self, cfg: Config) -> int:
+        """--web.max-connections, less what the probes may need of the descriptors."""
+        cap = connection_budget(self.max_connections, self._nofile, cfg.max_in_flight)
+        if cap < self.max_connections:
+            log.warning("serving at most %d connections, not %d (--web.max-connections): the limit on open "
+                        "files is %d and %d probes may run at once (limits.max_in_flight); raise "
+                        "LimitNOFILE= or ulimit -n", cap, self.max_connections, self._nofile,
+                        cfg.max_in_flight)
+        return cap
 
     @staticmethod
     def _log_coverage(cfg: Config) -> None:
@@ -222,7 +244,9 @@ class Daemon:
         # The notifier logs one line per delivery given up; stamina's own per-retry
         # warnings would repeat it for every attempt.
         stamina.instrumentation.set_on_retry_hooks([])
-        return Notifier(cfg.webhooks, cfg.location, self.prober.redact,
+        # The log lines' redactor: it knows the webhook URLs too (a receiver's error can
+        # echo the path); a narrower one first would leave the tail of a token behind.
+        return Notifier(cfg.webhooks, cfg.location, logs.config_redactor(cfg),
                         titles={s.id: s.title for s in cfg.services})
 
     @staticmethod
@@ -236,11 +260,12 @@ class Daemon:
                                    listen=f"{self.config.listen_host}:{self.port}")
 
     async def _heartbeat(self, store: Store) -> None:
-        status = None
         while True:
             store.heartbeat(time.time())
-            if self.live.ready and (text := self._sd_status()) != status:
-                status = text
+            # (not the STATUS= that READY=1 just carried: whether this runs first after the
+            # start depends on which awaits of the start happened to suspend)
+            if self.live.ready and (text := self._sd_status()) != self._status_sent:
+                self._status_sent = text
                 self.sd.status(text)
             self.live.storage_errors = store.errors
             await asyncio.sleep(HEARTBEAT_EVERY)

@@ -395,8 +395,8 @@ class _Show:
 
 
 def _validate(duration: float, speed: float) -> None:
-    if not duration > 0:
-        raise DemoError("--duration must be more than 0 seconds")
+    if not 0 < duration < 86400 * 365:  # also nan and inf
+        raise DemoError("--duration must be more than 0 seconds and less than a year")
     if not 0 < speed <= MAX_SPEED:
         raise DemoError(f"--speed must be more than 0 and at most {MAX_SPEED:g}")
     if duration * speed < MIN_ROUNDS:

@@ -58,21 +58,32 @@ def format_duration(seconds: float) -> str:
     return f"{s // 86400}d {s % 86400 // 3600}h"
 
 
+EARLIEST = dt.datetime(1, 1, 1, tzinfo=dt.UTC).timestamp()  # the times rfc3339() can write
+LATEST = dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.UTC).timestamp()
+
+
 def parse_time(text: str, now: float) -> float:
     """RFC 3339 ('2025-01-27T13:33:00Z') or an age ('7d', '24h' = that long ago) -> epoch."""
     text = text.strip()
     try:
-        return now - parse_duration(text)
+        epoch = max(EARLIEST, now - parse_duration(text))  # an age older than year 1: all of it
     except ValueError:
-        pass
-    try:
-        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        raise ValueError(f'invalid time "{text}" (use RFC 3339 like 2025-01-27T13:33:00Z, '
-                         "or an age like 7d or 24h)") from None
-    if when.tzinfo is None:
-        raise ValueError(f'time "{text}" has no timezone (add Z for UTC)')
-    return when.timestamp()
+        epoch = None
+    if epoch is None:
+        try:
+            when = dt.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            raise ValueError(f'invalid time "{text}" (use RFC 3339 like 2025-01-27T13:33:00Z, '
+                             "or an age like 7d or 24h)") from None
+        if when.tzinfo is None:
+            raise ValueError(f'time "{text}" has no timezone (add Z for UTC)')
+        try:
+            epoch = when.timestamp()
+        except (OverflowError, ValueError, OSError):  # 9999-12-31T23:59:59-23:59 is in year 10000 UTC
+            epoch = math.inf
+    if not EARLIEST <= epoch <= LATEST:
+        raise ValueError(f'time "{text}" is out of range (UTC years 1 to 9999)')
+    return epoch
 
 
 def rfc3339(t: float | None) -> str | None:

@@ -102,9 +102,11 @@ class RunningDaemon:
 
 @contextmanager
 def start_daemon(config: dict[str, Any], tmp_path: Path, db: Path | None = None,
-                 log_name: str = "daemon.log", cli_args: tuple[str, ...] = (),
-                 **client: Any) -> Iterator[RunningDaemon]:
-    """`aipulse [cli_args] run` in a subprocess on a free port, ready when /readyz says so."""
+                 log_name: str = "daemon.log", cli_args: tuple[str, ...] = (), run_args: tuple[str, ...] = (),
+                 preexec_fn: Callable[[], None] | None = None, **client: Any) -> Iterator[RunningDaemon]:
+    """`aipulse [cli_args] run [run_args]` in a subprocess on a free port, ready when
+    /readyz says so (run_args: e.g. --web.enable-lifecycle); `preexec_fn` runs in the
+    child before it starts (e.g. to set resource limits)."""
     port = free_port()
     config = {"listen": f"127.0.0.1:{port}", **config}
     cfg = tmp_path / "config.yaml"
@@ -113,9 +115,11 @@ def start_daemon(config: dict[str, Any], tmp_path: Path, db: Path | None = None,
     args = [sys.executable, "-m", "monitor.cli", *cli_args, "run", "-c", str(cfg)]
     if db is not None:
         args += ["--db", str(db)]
+    args += run_args
     with log.open("w") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
-                                env={k: v for k, v in os.environ.items() if k != "STATE_DIRECTORY"})
+                                env={k: v for k, v in os.environ.items() if k != "STATE_DIRECTORY"},
+                                preexec_fn=preexec_fn)
     d = RunningDaemon(proc, port, log, str(config.get("location", "local")), **client)
 
     def ready() -> bool:

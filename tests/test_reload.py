@@ -41,7 +41,7 @@ def test_reload_keeps_windows_drops_removed_checks_and_survives_a_broken_file(
     with serve() as t:
         t.mode["api"] = "503"
         config = base_config(t)
-        with start_daemon(config, tmp_path) as d:
+        with start_daemon(config, tmp_path, run_args=("--web.enable-lifecycle",)) as d:
             before = wait_for(lambda: open_window(d))
             assert d.value("aipulse_probe_success", service="acme", check="web") == 1.0
 
@@ -95,7 +95,7 @@ def test_a_removed_check_with_an_open_window_has_it_closed(tmp_path: Path) -> No
     with serve() as t:
         t.mode["api"] = "503"
         config = base_config(t)
-        with start_daemon(config, tmp_path) as d:
+        with start_daemon(config, tmp_path, run_args=("--web.enable-lifecycle",)) as d:
             wait_for(lambda: open_window(d))
             del config["services"]["acme"]["checks"]["api"]
             rewrite(d, tmp_path, config)

@@ -28,7 +28,7 @@ from monitor.webconfig import WebConfig
 def daemon(target: Target, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDaemon]:
     config = {"services": {"svc": {"title": "Service", "checks": {
         "api": {"url": target.url("/ok"), "interval": "1s", "timeout": "900ms"}}}}}
-    with start_daemon(config, tmp_path_factory.mktemp("abuse")) as d:
+    with start_daemon(config, tmp_path_factory.mktemp("abuse"), run_args=("--web.enable-lifecycle",)) as d:
         yield d
 
 
