@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -61,7 +60,7 @@ def _check_json(stats: CheckStats, now: float, gaps: list[Any], maintenance: lis
         },
         "open_window": None if stats.window is None else window_json(stats.window, now),
         "availability": stats.availability(now, gaps, maintenance),
-        "availability_as_of": rfc3339(stats.availability_at),
+        "availability_as_of": rfc3339(now),
     }
 
 
@@ -86,8 +85,8 @@ def _vendor_json(sstats: ServiceStats) -> dict[str, Any] | None:
 
 async def status(request: web.Request) -> web.Response:
     live = request.app[LIVE]
-    now = time.time()
-    gaps = live.gap_spans()
+    now = live.now()
+    gaps = live.gap_spans(now)
     services = []
     for sid, sstats in live.services.items():
         maintenance = [span for m in sstats.service.maintenance for span in m.spans(now - 30 * 86400, now)]
@@ -114,7 +113,7 @@ async def outages(request: web.Request) -> web.Response:
     unknown = sorted(set(q) - {"service", "check", "since", "until", "limit"})
     if unknown:
         return json_error(400, f"unknown query parameter: {unknown[0]}")
-    now = time.time()
+    now = request.app[LIVE].now()
     bounds: dict[str, float | None] = {}
     for name in ("since", "until"):
         try:

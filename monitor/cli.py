@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from monitor import __version__, logs
+from monitor import __version__, early, logs
 from monitor import loop as event_loop
 from monitor.config import (
     LABEL_VALUE,
@@ -34,6 +34,8 @@ from monitor.webconfig import WebConfigError, load_web_config
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command != "run":  # only the daemon acts on signals held while starting (monitor.early)
+        early.release()
     logs.setup(args.log_level, args.log_format)
     if args.command is None:
         _parser().print_help()

@@ -385,6 +385,12 @@ class Notifications:
             self.webhooks.publish(event)
         self.targets.publish(event)
 
+    async def set_webhooks(self, webhooks: Any) -> None:
+        """A reload changed `notify.webhooks`: the old notifier finishes (up to 2 s), the new one takes over."""
+        if self.webhooks is not None:
+            await self.webhooks.aclose(timeout=2.0)
+        self.webhooks = webhooks
+
     async def aclose(self, timeout: float = 5.0) -> None:
         closing = [self.targets.aclose(timeout)]
         if self.webhooks is not None:

@@ -15,9 +15,9 @@ delay and timeout is scaled the same way. The scenario is fitted to
 `duration * speed` scenario seconds, so the whole incident always plays within
 `duration`; a higher speed gives more probe rounds in the same time.
 
-Window events come from the daemon's pipeline through the same hook webhooks use
-(`Pipeline.notifier.publish`, called after the event is stored), so nothing is
-scraped from log lines; states and the vendor's view are read from its LiveState.
+Window events come from the daemon's pipeline as they reach webhooks (the demo's feed
+is one of the daemon's `receivers`, handed each event after it is stored), so nothing
+is scraped from log lines; states and the vendor's view are read from its LiveState.
 """
 
 from __future__ import annotations
@@ -46,6 +46,13 @@ from monitor.simulator import (
     Phase,
     SimulatedProvider,
     january_2025,
+)
+from monitor.status import (
+    DEGRADED_PERFORMANCE,
+    MAJOR_OUTAGE,
+    OPERATIONAL,
+    PARTIAL_OUTAGE,
+    UNDER_MAINTENANCE,
 )
 
 SERVICE = "deepseek-sim"
@@ -127,26 +134,14 @@ services:
 
 
 class _Feed:
-    """Takes window events from the daemon's pipeline, after they are stored (the hook
-    webhooks use), for the demo loop to print."""
+    """Takes window events from the daemon's pipeline, after they are stored (as
+    webhooks do), for the demo loop to print."""
 
     def __init__(self) -> None:
         self.events: deque[tuple[float, WindowOpened | WindowClosed]] = deque()
 
     def publish(self, event: WindowOpened | WindowClosed) -> None:
         self.events.append((time.time(), event))
-
-    async def aclose(self, timeout: float = 0.0) -> None:
-        pass
-
-
-class _DemoDaemon(Daemon):
-    def __init__(self, config: Config, feed: _Feed) -> None:
-        super().__init__(config)
-        self._feed = feed
-
-    def _make_notifier(self, cfg: Config) -> _Feed:  # type: ignore[override]
-        return self._feed
 
 
 @dataclass
@@ -156,12 +151,12 @@ class _Unknown:
     total: float = 0.0
 
 
-STATUS_WORDS = {
-    "operational": ("UP", "is operational again: every check is up"),
-    "degraded_performance": ("DEGRADED", "is degraded (slow, or a non-critical check is down)"),
-    "partial_outage": ("PARTIAL", "has a partial outage (some critical checks are down)"),
-    "major_outage": ("MAJOR", "has a major outage (every critical check is down)"),
-    "under_maintenance": ("MAINT", "is under maintenance"),
+STATUS_WORDS = {  # the demo's tags and sentences for the status words (monitor.status)
+    OPERATIONAL: ("UP", "is operational again: every check is up"),
+    DEGRADED_PERFORMANCE: ("DEGRADED", "is degraded (slow, or a non-critical check is down)"),
+    PARTIAL_OUTAGE: ("PARTIAL", "has a partial outage (some critical checks are down)"),
+    MAJOR_OUTAGE: ("MAJOR", "has a major outage (every critical check is down)"),
+    UNDER_MAINTENANCE: ("MAINT", "is under maintenance"),
 }
 
 
@@ -303,7 +298,7 @@ class _Show:
             return
         first = self.status is None
         self.status = sstats.status
-        if first and sstats.status == "operational":
+        if first and sstats.status == OPERATIONAL:
             return
         tag, words = STATUS_WORDS.get(sstats.status, (sstats.status.upper(), sstats.status))
         self.event("service", tag, f"{TITLE} {words}")
@@ -442,7 +437,7 @@ async def run_demo(duration: float = 180, speed: float = 1.0, listen: str = "127
     with _quiet_logs(verbose), tempfile.TemporaryDirectory(prefix="aipulse-demo-") as tmp:
         async with SimulatedProvider(scenario, speed=speed) as sim:
             feed = _Feed()
-            daemon = _DemoDaemon(demo_config(sim, speed, host, port, str(Path(tmp) / "demo.db")), feed)
+            daemon = Daemon(demo_config(sim, speed, host, port, str(Path(tmp) / "demo.db")), receivers=[feed])
             task = asyncio.create_task(daemon.run(), name="aipulse-demo-daemon")
             try:
                 try:

@@ -1,8 +1,12 @@
 """In-memory view of the latest results and outage state, read by /metrics and the API.
 
-The pipeline writes here only after an event is durably stored, so what a scrape or
-the API shows is always already in the database. Readers only look. Everything is
-plain data on the event loop's thread, so no locks are needed.
+Two writers, both on the probe path: `record(result)` counts a result as it comes,
+and `apply(event)` follows an outage event once it is durably stored (the pipeline;
+restore replays the stored events through the same `apply`). So what a scrape or the
+API shows is always already in the database. Readers only look: a scrape, an API call
+or a page render never changes anything here (what they cache, they keep themselves,
+keyed by `CheckStats.version`). Everything is plain data on the event loop's thread,
+so no locks are needed.
 """
 
 from __future__ import annotations
@@ -10,13 +14,25 @@ from __future__ import annotations
 import bisect
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from monitor.availability import WINDOWS, Interval, availability
 from monitor.config import CheckConfig, ServiceConfig
-from monitor.outage import Gap, OutageWindow, State
+from monitor.outage import (
+    Event,
+    Gap,
+    GapClosed,
+    GapOpened,
+    OutageWindow,
+    State,
+    StateChanged,
+    WindowClosed,
+    WindowOpened,
+    WindowUpdated,
+)
 from monitor.result import ProbeResult
-from monitor.rollup import UNKNOWN
+from monitor.status import UNKNOWN
 from monitor.statuspage import VendorStatus, detection_lead
 
 DURATION_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -75,8 +91,7 @@ class CheckStats:
     unknown_why: str = ""  # what made it unknown (StateChanged.why), while it is
     down_spans: list[Interval] = field(default_factory=list)  # down windows, recent first-to-last
     unknown_spans: list[Interval] = field(default_factory=list)  # from the state timeline
-    _availability: dict[str, float | None] = field(default_factory=dict)
-    _availability_at: float = float("-inf")
+    version: int = 0  # counts changes of state and windows (readers key their caches on it)
 
     def record(self, result: ProbeResult) -> None:
         self.last = result
@@ -100,7 +115,8 @@ class CheckStats:
             if self.first_known is None or at < self.first_known:
                 self.first_known = at
         self.state = state
-        self._availability_at = float("-inf")
+        self.version += 1
+        self._prune(at)
 
     def window_opened(self, window: OutageWindow) -> None:
         self.window = window
@@ -108,7 +124,7 @@ class CheckStats:
             self.outages_opened += 1
             self.last_down = window
             self.down_spans.append((window.start, None))
-        self._availability_at = float("-inf")
+        self.version += 1
 
     def window_closed(self, window: OutageWindow) -> None:
         self.window = None
@@ -118,37 +134,28 @@ class CheckStats:
                 if self.down_spans[i] == (window.start, None):
                     self.down_spans[i] = (window.start, window.end)
                     break
-        self._availability_at = float("-inf")
+            self._prune(window.end or window.start)
+        self.version += 1
 
-    @property
-    def availability_at(self) -> float | None:
-        """When the cached availability was computed (None: not yet)."""
-        return None if self._availability_at == float("-inf") else self._availability_at
-
-    def availability(self, now: float, gaps: list[Interval], maintenance: list[Interval],
-                     max_age: float = 10.0) -> dict[str, float | None]:
-        """Availability per window; recomputed at most every `max_age` seconds."""
-        if now - self._availability_at > max_age:
-            # Observed time starts when the state was first known: before that (no result
-            # yet, or only results that tell nothing) it has no value, not 100 %.
-            if self.down_spans:
-                unknown = [*self.unknown_spans, *gaps, *maintenance]
-                values = {
-                    name: availability(now, span, self.first_known, self.down_spans, unknown)
-                    for name, span in WINDOWS.items()
-                }
-            else:  # never down: 1.0 wherever anything was observed (most checks, most of the time)
-                values = _never_down(now, self.first_known, [*self.unknown_spans, *gaps, *maintenance])
-            if values != self._availability:  # same values: same dict (the metrics cache its text)
-                self._availability = values
-            self._availability_at = now
-            self._prune(now)
-        return self._availability
+    def availability(self, now: float, gaps: list[Interval], maintenance: list[Interval]) -> dict[str, float | None]:
+        """Availability per window at `now` (computed; nothing is kept)."""
+        # Observed time starts when the state was first known: before that (no result
+        # yet, or only results that tell nothing) it has no value, not 100 %.
+        if self.down_spans:
+            unknown = [*self.unknown_spans, *gaps, *maintenance]
+            return {name: availability(now, span, self.first_known, self.down_spans, unknown)
+                    for name, span in WINDOWS.items()}
+        # never down: 1.0 wherever anything was observed (most checks, most of the time)
+        return _never_down(now, self.first_known, [*self.unknown_spans, *gaps, *maintenance])
 
     def _prune(self, now: float) -> None:
+        """Forget spans that ended before the longest availability window (on the
+        event path, never by a reader)."""
         horizon = now - max(WINDOWS.values())
-        self.down_spans = [s for s in self.down_spans if s[1] is None or s[1] > horizon]
-        self.unknown_spans = [s for s in self.unknown_spans if s[1] is None or s[1] > horizon]
+        if self.down_spans and self.down_spans[0][1] is not None and self.down_spans[0][1] <= horizon:
+            self.down_spans = [s for s in self.down_spans if s[1] is None or s[1] > horizon]
+        if self.unknown_spans and self.unknown_spans[0][1] is not None and self.unknown_spans[0][1] <= horizon:
+            self.unknown_spans = [s for s in self.unknown_spans if s[1] is None or s[1] > horizon]
 
 
 _ALL_UP = dict.fromkeys(WINDOWS, 1.0)
@@ -197,20 +204,25 @@ class TargetStats:
 class LiveState:
     """Latest results and outage state for the checks of the running config."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        # Readers take "now" from here: the daemon's clock (monitor.clock), which the
+        # times in this state come from, and which never goes backwards.
+        self.now = clock
         self.checks: dict[tuple[str, str], CheckStats] = {}
         self.services: dict[str, ServiceStats] = {}
         self.gaps: list[Gap] = []
+        self.gaps_version = 0  # counts changes of `gaps`
         self.scheduler_lag = Histogram(LAG_BUCKETS)
         self.missed_intervals = 0
         self.storage_errors = 0
+        self.storage_replaced = 0  # the database file found deleted or replaced (a fresh one opened)
         self.reload_ok = True
         self.ready = False
         self.notifications: dict[str, TargetStats] = {}  # notify.targets by name
         self.checks_skipped = 0  # checks of the config left out for a missing key
-        # Checks with a new result since the metrics last rendered them (monitor.metrics
-        # renders these in the background, so a scrape finds them ready).
-        self.changed: set[tuple[str, str]] = set()
+        # Told the key of each check with a new result (monitor.metrics renders these in
+        # the background, so a scrape finds them ready; what it keeps is its own).
+        self.on_record: list[Callable[[tuple[str, str]], None]] = []
 
     def set_services(self, services: tuple[ServiceConfig, ...]) -> None:
         """Adopt a config's services and checks; known ones keep their state, removed
@@ -230,15 +242,66 @@ class LiveState:
         stats = self.checks.get((result.service, result.check))
         if stats is not None:  # a result for a check removed by a reload is dropped
             stats.record(result)
-            self.changed.add(stats.check.key)
+            for tell in self.on_record:
+                tell(stats.check.key)
         return stats
+
+    def apply(self, event: Event) -> None:
+        """Follow one outage event (stored already, or replayed from the store)."""
+        if isinstance(event, StateChanged):
+            if event.check is None:
+                if (sstats := self.services.get(event.service)) is not None:
+                    sstats.status = event.state
+            elif (stats := self.checks.get((event.service, event.check))) is not None:
+                stats.set_state(State(event.state), event.at, event.why)
+        elif isinstance(event, (WindowOpened, WindowClosed, WindowUpdated)):
+            w = event.window
+            if w.check is None:
+                if (sstats := self.services.get(w.service)) is not None:
+                    sstats.window = None if isinstance(event, WindowClosed) else w
+                    if w.kind == "down":
+                        sstats.last_down = w
+            elif (stats := self.checks.get((w.service, w.check))) is not None:
+                if isinstance(event, WindowOpened):
+                    stats.window_opened(w)
+                elif isinstance(event, WindowClosed):
+                    stats.window_closed(w)
+                elif stats.window is not None and stats.window.start == w.start:
+                    stats.window = w
+                    stats.version += 1
+        elif isinstance(event, GapOpened):
+            self.gaps.append(event.gap)
+            self.gaps_version += 1
+        elif isinstance(event, GapClosed):
+            horizon = (event.gap.end or event.gap.start) - max(WINDOWS.values())
+            self.gaps = [g for g in self.gaps if (g.start != event.gap.start or g.end is not None)
+                         and (g.end is None or g.end > horizon)]
+            self.gaps.append(event.gap)
+            self.gaps_version += 1
+
+    def replay(self, events: Iterable[Event], first_seen: dict[tuple[str, str], float] | None = None,
+               since: float = float("-inf")) -> None:
+        """Restore from stored events (after a restart): `apply` each, then zero what
+        counts this process's doings only (windows opened since the start).
+        `first_seen`: each check's first result ever; `since`: where the replayed
+        history begins (a check seen before it was known before it, too)."""
+        for event in events:
+            self.apply(event)
+        first_seen = first_seen or {}
+        for key, stats in self.checks.items():
+            stats.outages_opened = 0
+            stats.first_seen = first_seen.get(key, stats.first_seen)
+            if stats.first_seen is not None and stats.first_seen < since:
+                # Seen before the history begins: its state then is not in the history.
+                stats.first_known = min(stats.first_known or stats.first_seen, stats.first_seen)
+            stats.version += 1
 
     @property
     def monitor_offline(self) -> bool:
         """Is the monitor itself offline now (an open gap of cause "offline")?"""
         return any(g.end is None and g.cause == "offline" for g in self.gaps)
 
-    def gap_spans(self) -> list[Interval]:
-        horizon = time.time() - max(WINDOWS.values())
-        self.gaps = [g for g in self.gaps if g.end is None or g.end > horizon]
-        return [(g.start, g.end) for g in self.gaps]
+    def gap_spans(self, now: float | None = None) -> list[Interval]:
+        """The gaps overlapping the longest availability window before `now`."""
+        horizon = (self.now() if now is None else now) - max(WINDOWS.values())
+        return [(g.start, g.end) for g in self.gaps if g.end is None or g.end > horizon]

@@ -17,72 +17,72 @@ import asyncio
 import time
 from collections.abc import Callable, Iterable, Iterator
 
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
+from prometheus_client.core import Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
 from monitor import __version__
+from monitor import families as F
 from monitor.availability import WINDOWS, Interval
+from monitor.families import PER_OUTAGE, PER_PROBE
 from monitor.live import DURATION_BUCKETS, TTFT_BUCKETS, CheckStats, LiveState
-from monitor.outage import State
 from monitor.result import PHASES
-from monitor.rollup import SERVICE_STATUSES
+from monitor.status import SERVICE_STATUSES, State
 from monitor.statuspage import COMPONENT_STATUSES, component_labels
 
 STATES = tuple(s.value for s in State)
-CHECK_LABELS = ["service", "check", "location"]
+AVAILABILITY_MAX_AGE = 10.0  # seconds a check's availability is reused while its state stands
+Families = dict[F.Family, Metric]
 
 
 class AipulseCollector(Collector):
+    """Reads LiveState, never writes it: what it keeps between scrapes (each check's
+    availability, recomputed at most every AVAILABILITY_MAX_AGE seconds or when the
+    check's state changed) is its own."""
+
     def __init__(self, live: LiveState, location: str) -> None:
         self.live = live
         self.location = location
+        self._availability: dict[tuple[str, str], tuple[float, tuple[int, int], dict[str, float | None]]] = {}
 
     def collect(self) -> Iterator[Metric]:
-        yield from self._probe_families()
-        yield from self._outages(CHECK_LABELS)
-        yield from self._service_families()
+        fams: Families = {f: f.new() for f in F.ALL}
+        self._probe_samples(fams)
+        self._outage_samples(fams)
+        self._service_samples(fams)
+        self._tail_samples(fams)
+        yield from fams.values()
 
-    def _probe_families(self) -> Iterator[Metric]:
+    def tail(self) -> list[Metric]:
+        """The families after the per-service ones: vendors and the daemon itself."""
+        fams: Families = {f: f.new() for f in (*F.VENDOR, *F.DAEMON)}
+        self._tail_samples(fams)
+        return list(fams.values())
+
+    def availability(self, key: tuple[str, str], stats: CheckStats, now: float, gaps: list[Interval],
+                     maintenance: list[Interval]) -> dict[str, float | None]:
+        """The check's availability per window; the same dict while the values stand
+        (the fast path keeps its text until they change)."""
+        version = (stats.version, self.live.gaps_version)
+        cached = self._availability.get(key)
+        if cached is not None and cached[1] == version and now - cached[0] <= AVAILABILITY_MAX_AGE:
+            return cached[2]
+        values = stats.availability(now, gaps, maintenance)
+        if cached is not None and cached[2] == values:
+            values = cached[2]
+        self._availability[key] = (now, version, values)
+        return values
+
+    def forget_removed(self) -> None:
+        """Drop what is kept for checks a reload removed."""
+        if len(self._availability) > len(self.live.checks):
+            self._availability = {k: v for k, v in self._availability.items() if k in self.live.checks}
+
+    def _probe_samples(self, fams: Families) -> None:
         loc = self.location
-        check_labels = CHECK_LABELS
-        success = GaugeMetricFamily(
-            "aipulse_probe_success", "1 if the last probe succeeded, else 0.", labels=check_labels)
-        duration = HistogramMetricFamily(
-            "aipulse_probe_duration_seconds", "Duration of whole probes.", labels=check_labels)
-        phase = GaugeMetricFamily(
-            "aipulse_probe_phase_seconds", "Time spent in each phase of the last probe.",
-            labels=["service", "check", "phase", "location"])
-        probes = CounterMetricFamily(
-            "aipulse_probes", "Probes run, by result reason.",
-            labels=["service", "check", "reason", "location"])
-        status = GaugeMetricFamily(
-            "aipulse_probe_http_status_code", "HTTP status of the last probe, 0 when no response.",
-            labels=check_labels)
-        cert = GaugeMetricFamily(
-            "aipulse_probe_tls_cert_expiry_timestamp_seconds",
-            "Earliest expiry (notAfter) in the served certificate chain, also when verification failed.",
-            labels=check_labels)
-        ttft = HistogramMetricFamily(
-            "aipulse_probe_ttft_seconds", "Stream probes: time to the first content token.",
-            labels=check_labels)
-        steps = GaugeMetricFamily(
-            "aipulse_probe_step_seconds", "Duration of each step of the last flow probe.",
-            labels=["service", "check", "step", "location"])
-        speed = GaugeMetricFamily(
-            "aipulse_probe_output_tokens_per_second",
-            "Stream probes: output tokens (usage, else events) per second after the first, last probe.",
-            labels=check_labels)
-        gap = GaugeMetricFamily(
-            "aipulse_probe_stream_max_gap_seconds",
-            "Stream probes: the longest silence between output events of the last probe.",
-            labels=check_labels)
+        success, duration, phase, probes, status = (fams[f] for f in PER_PROBE[:5])
+        cert, steps, ttft, speed, gap = (fams[f] for f in PER_PROBE[5:])
         for (service, check), stats in self.live.checks.items():
             labels = [service, check, loc]
             for reason, n in stats.reasons.items():
@@ -105,94 +105,13 @@ class AipulseCollector(Collector):
                 speed.add_metric(labels, last.output_tokens_per_second)
             if last.stream_max_gap is not None:
                 gap.add_metric(labels, last.stream_max_gap)
-        yield from (success, duration, phase, probes, status, cert, steps, ttft, speed, gap)
 
-    def _service_families(self) -> Iterator[Metric]:
-        """Everything after the per-check families: services, vendors, the daemon."""
-        yield from self._service_status()
-        yield from self._tail_families()
-
-    def _tail_families(self) -> Iterator[Metric]:
-        """Vendor status pages and the daemon's own families."""
-        loc = self.location
-        yield from self._vendor()
-        lag = HistogramMetricFamily(
-            "aipulse_scheduler_lag_seconds", "Delay between a probe's due time and its start.",
-            labels=["location"])
-        lag.add_metric([loc], self.live.scheduler_lag.cumulative(), self.live.scheduler_lag.sum)
-        yield lag
-        missed = CounterMetricFamily(
-            "aipulse_scheduler_missed_intervals",
-            "Intervals skipped because the previous probe of the check overran.",
-            labels=["location"])
-        missed.add_metric([loc], self.live.missed_intervals)
-        yield missed
-        storage = CounterMetricFamily(
-            "aipulse_storage_errors", "Failed writes to the SQLite history (retried).",
-            labels=["location"])
-        storage.add_metric([loc], self.live.storage_errors)
-        yield storage
-        yield from self._notifications()
-        offline = GaugeMetricFamily(
-            "aipulse_monitor_offline",
-            "1 while the monitor cannot reach the network (every connectivity canary fails or, without "
-            "canaries, every host fails with dns/connect): every check is unknown meanwhile.",
-            labels=["location"])
-        offline.add_metric([loc], 1.0 if self.live.monitor_offline else 0.0)
-        yield offline
-        skipped = GaugeMetricFamily(
-            "aipulse_checks_skipped",
-            "Checks of the config left out because this machine lacks a key they need.",
-            labels=["location"])
-        skipped.add_metric([loc], self.live.checks_skipped)
-        yield skipped
-        reload_ok = GaugeMetricFamily(
-            "aipulse_config_last_reload_successful", "1 if the last config load succeeded.",
-            labels=["location"])
-        reload_ok.add_metric([loc], 1.0 if self.live.reload_ok else 0.0)
-        yield reload_ok
-        build = GaugeMetricFamily("aipulse_build_info", "aipulse version.", labels=["version", "location"])
-        build.add_metric([__version__, loc], 1.0)
-        yield build
-
-    def _notifications(self) -> Iterator[Metric]:
-        loc = self.location
-        total = CounterMetricFamily(
-            "aipulse_notifications",
-            "Messages to notify.targets: sent, failed (every attempt failed), dropped (queue full).",
-            labels=["target", "result", "location"])
-        depth = GaugeMetricFamily(
-            "aipulse_notification_queue_depth",
-            "Messages waiting for the target, the one being sent included.",
-            labels=["target", "location"])
-        for name, stats in self.live.notifications.items():
-            for result in ("sent", "failed", "dropped"):
-                total.add_metric([name, result, loc], getattr(stats, result))
-            depth.add_metric([name, loc], stats.queued)
-        yield from (total, depth)
-
-    def _outages(self, check_labels: list[str]) -> Iterator[Metric]:
-        loc, now = self.location, time.time()
-        state = GaugeMetricFamily(
-            "aipulse_check_state", "Current state of the check: 1 for the current state.",
-            labels=["service", "check", "state", "location"])
-        active = GaugeMetricFamily(
-            "aipulse_outage_active", "1 while the check has an open outage (down) window.",
-            labels=check_labels)
-        opened = CounterMetricFamily(
-            "aipulse_outages", "Outage (down) windows opened.", labels=check_labels)
-        last_start = GaugeMetricFamily(
-            "aipulse_outage_last_start_timestamp_seconds",
-            "Start of the latest outage window (back-dated to its first failure).", labels=check_labels)
-        last_duration = GaugeMetricFamily(
-            "aipulse_outage_last_duration_seconds", "Duration of the latest closed outage window.",
-            labels=check_labels)
-        ratio = GaugeMetricFamily(
-            "aipulse_availability_ratio",
-            "Time up / time observed (unknown and maintenance excluded) over the window.",
-            labels=["service", "check", "window", "location"])
-        gaps, maintenance = self._unknown_spans(now)
-        for (service, check), stats in self.live.checks.items():
+    def _outage_samples(self, fams: Families) -> None:
+        loc, now = self.location, self.live.now()
+        state, active, opened, last_start, last_duration, ratio = (fams[f] for f in PER_OUTAGE)
+        gaps, maintenance = self.unknown_spans(now)
+        for key, stats in self.live.checks.items():
+            service, check = key
             labels = [service, check, loc]
             for name in STATES:
                 state.add_metric([service, check, name, loc], 1.0 if stats.state == name else 0.0)
@@ -203,45 +122,45 @@ class AipulseCollector(Collector):
                 last_start.add_metric(labels, stats.last_down.start)
             if stats.last_closed_down is not None and stats.last_closed_down.end is not None:
                 last_duration.add_metric(labels, stats.last_closed_down.end - stats.last_closed_down.start)
-            for name, value in stats.availability(now, gaps, maintenance.get(service, [])).items():
+            for name, value in self.availability(key, stats, now, gaps, maintenance.get(service, [])).items():
                 if value is not None:
                     ratio.add_metric([service, check, name, loc], value)
-        yield from (state, active, opened, last_start, last_duration, ratio)
+        self.forget_removed()
 
-    def _service_status(self) -> Iterator[Metric]:
-        loc = self.location
-        status = GaugeMetricFamily(
-            "aipulse_service_status", "Service status (Statuspage vocabulary): 1 for the current one.",
-            labels=["service", "status", "location"])
+    def _service_samples(self, fams: Families) -> None:
+        loc, status = self.location, fams[F.SERVICE_STATUS]
         for sid, sstats in self.live.services.items():
             for name in SERVICE_STATUSES:
                 status.add_metric([sid, name, loc], 1.0 if sstats.status == name else 0.0)
-        yield status
 
-    def _unknown_spans(self, now: float) -> tuple[list[Interval], dict[str, list[Interval]]]:
-        gaps = self.live.gap_spans()
+    def _tail_samples(self, fams: Families) -> None:
+        """Vendor status pages and the daemon's own families."""
+        loc, live = self.location, self.live
+        self._vendor_samples(fams)
+        fams[F.SCHEDULER_LAG].add_metric([loc], live.scheduler_lag.cumulative(), live.scheduler_lag.sum)
+        fams[F.MISSED].add_metric([loc], live.missed_intervals)
+        fams[F.STORAGE_ERRORS].add_metric([loc], live.storage_errors)
+        fams[F.STORAGE_REPLACED].add_metric([loc], live.storage_replaced)
+        for name, stats in live.notifications.items():
+            for result in ("sent", "failed", "dropped"):
+                fams[F.NOTIFICATIONS].add_metric([name, result, loc], getattr(stats, result))
+            fams[F.NOTIFICATION_QUEUE].add_metric([name, loc], stats.queued)
+        fams[F.MONITOR_OFFLINE].add_metric([loc], 1.0 if live.monitor_offline else 0.0)
+        fams[F.CHECKS_SKIPPED].add_metric([loc], live.checks_skipped)
+        fams[F.RELOAD_OK].add_metric([loc], 1.0 if live.reload_ok else 0.0)
+        fams[F.BUILD_INFO].add_metric([__version__, loc], 1.0)
+
+    def unknown_spans(self, now: float) -> tuple[list[Interval], dict[str, list[Interval]]]:
+        gaps = self.live.gap_spans(now)
         maintenance: dict[str, list[Interval]] = {
             sid: [span for m in s.service.maintenance for span in m.spans(now - WINDOWS["30d"], now)]
             for sid, s in self.live.services.items() if s.service.maintenance
         }
         return gaps, maintenance
 
-    def _vendor(self) -> Iterator[Metric]:
+    def _vendor_samples(self, fams: Families) -> None:
         loc = self.location
-        component = GaugeMetricFamily(
-            "aipulse_vendor_component_status",
-            "The vendor's own status page: 1 for each component's current status.",
-            labels=["service", "component", "status", "location"])
-        overall = GaugeMetricFamily(
-            "aipulse_vendor_status", "The vendor's own status page, overall: 1 for the current status.",
-            labels=["service", "status", "location"])
-        incident = GaugeMetricFamily(
-            "aipulse_vendor_incident_open", "1 while the vendor's status page shows an unresolved incident.",
-            labels=["service", "location"])
-        lead = GaugeMetricFamily(
-            "aipulse_detection_lead_seconds",
-            "Vendor incident start minus the start of our outage window (positive: we were first).",
-            labels=["service", "location"])
+        component, overall, incident, lead = (fams[f] for f in F.VENDOR)
         for sid, sstats in self.live.services.items():
             vendor = sstats.vendor
             if vendor is None:
@@ -256,7 +175,6 @@ class AipulseCollector(Collector):
                 incident.add_metric([sid, loc], 1.0 if vendor.incidents else 0.0)
             if sstats.detection_lead is not None:
                 lead.add_metric([sid, loc], sstats.detection_lead)
-        yield from (component, overall, incident, lead)
 
 
 # ---------------------------------------------------------------- fast exposition
@@ -268,8 +186,6 @@ class AipulseCollector(Collector):
 WARM_EVERY = 1.0  # seconds between background renders of checks with new results
 WARM_SLICE = 200  # checks rendered between two yields to the event loop
 RENDER_SLICE = 1000  # checks a scrape joins between two yields to the event loop
-_PROBE_FAMILIES = 10  # success, duration, phase, probes, status, cert, steps, ttft, speed, gap
-_OUTAGE_FAMILIES = 6  # state, active, opened, last_start, last_duration, ratio
 Encoder = Callable[[Collector], bytes]
 
 
@@ -331,60 +247,57 @@ class _CheckText:
         return "".join(lines)
 
     def render_probe(self, stats: CheckStats) -> None:
+        """The per-probe families' lines (names from monitor.families), in its order."""
         base = self.base
         last = stats.last
         reasons = []
+        probes = f"{F.PROBES.name}_total"
         for reason, n in stats.reasons.items():
             labels = self.reasons.get(reason)
             if labels is None:
                 labels = self.reasons[reason] = self.mid("reason", reason)
-            reasons.append(f"aipulse_probes_total{labels} {_num(n)}\n")
-        duration = self.histogram("aipulse_probe_duration_seconds", stats.durations)
-        ttft = "" if stats.ttfts is None else self.histogram("aipulse_probe_ttft_seconds", stats.ttfts)
-        if last is None:
-            parts = ["", duration, "", "".join(reasons), "", "", "", ttft, "", ""]
-        else:
+            reasons.append(f"{probes}{labels} {_num(n)}\n")
+        text = {F.PROBES: "".join(reasons),
+                F.PROBE_DURATION: self.histogram(F.PROBE_DURATION.name, stats.durations)}
+        if stats.ttfts is not None:
+            text[F.PROBE_TTFT] = self.histogram(F.PROBE_TTFT.name, stats.ttfts)
+        if last is not None:
             speed, gap = last.output_tokens_per_second, last.stream_max_gap
-            phases = "".join(f"aipulse_probe_phase_seconds{self.mid('phase', name)} "
-                             f"{floatToGoString(last.phases.get(name, 0.0))}\n" for name in PHASES)
-            cert = "" if last.cert_expiry is None else \
-                f"aipulse_probe_tls_cert_expiry_timestamp_seconds{base} {floatToGoString(last.cert_expiry)}\n"
-            steps = "".join(f"aipulse_probe_step_seconds{self.end('step', step)} {floatToGoString(seconds)}\n"
-                            for step, seconds in last.steps.items())
-            parts = [
-                f"aipulse_probe_success{base} {_ONE if last.success else _ZERO}\n",
-                duration,
-                phases,
-                "".join(reasons),
-                f"aipulse_probe_http_status_code{base} {_num(last.status_code)}\n",
-                cert,
-                steps,
-                ttft,
-                "" if speed is None else
-                f"aipulse_probe_output_tokens_per_second{base} {floatToGoString(speed)}\n",
-                "" if gap is None else f"aipulse_probe_stream_max_gap_seconds{base} {floatToGoString(gap)}\n",
-            ]
-        self.probe = [p.encode() for p in parts]
+            text[F.PROBE_SUCCESS] = f"{F.PROBE_SUCCESS.name}{base} {_ONE if last.success else _ZERO}\n"
+            text[F.PROBE_PHASE] = "".join(f"{F.PROBE_PHASE.name}{self.mid('phase', name)} "
+                                          f"{floatToGoString(last.phases.get(name, 0.0))}\n" for name in PHASES)
+            text[F.PROBE_STATUS] = f"{F.PROBE_STATUS.name}{base} {_num(last.status_code)}\n"
+            if last.cert_expiry is not None:
+                text[F.PROBE_CERT] = f"{F.PROBE_CERT.name}{base} {floatToGoString(last.cert_expiry)}\n"
+            text[F.PROBE_STEP] = "".join(f"{F.PROBE_STEP.name}{self.end('step', step)} {floatToGoString(seconds)}\n"
+                                         for step, seconds in last.steps.items())
+            if speed is not None:
+                text[F.PROBE_SPEED] = f"{F.PROBE_SPEED.name}{base} {floatToGoString(speed)}\n"
+            if gap is not None:
+                text[F.PROBE_GAP] = f"{F.PROBE_GAP.name}{base} {floatToGoString(gap)}\n"
+        self.probe = [text.get(f, "").encode() for f in PER_PROBE]
 
     def render_outages(self, stats: CheckStats) -> None:
+        """The outage families' lines but availability (`render_ratio`), in order."""
         base = self.base
         window = stats.window
         down = window is not None and window.kind == "down"
         last_down, closed = stats.last_down, stats.last_closed_down
-        parts = [
-            "".join(f"aipulse_check_state{self.end('state', name)} {_ONE if stats.state == name else _ZERO}\n"
-                    for name in STATES),
-            f"aipulse_outage_active{base} {_ONE if down else _ZERO}\n",
-            f"aipulse_outages_total{base} {_num(stats.outages_opened)}\n",
-            "" if last_down is None else
-            f"aipulse_outage_last_start_timestamp_seconds{base} {floatToGoString(last_down.start)}\n",
-            "" if closed is None or closed.end is None else
-            f"aipulse_outage_last_duration_seconds{base} {floatToGoString(closed.end - closed.start)}\n",
-        ]
-        self.outages = [p.encode() for p in parts]
+        text = {
+            F.CHECK_STATE: "".join(f"{F.CHECK_STATE.name}{self.end('state', name)} "
+                                   f"{_ONE if stats.state == name else _ZERO}\n" for name in STATES),
+            F.OUTAGE_ACTIVE: f"{F.OUTAGE_ACTIVE.name}{base} {_ONE if down else _ZERO}\n",
+            F.OUTAGES: f"{F.OUTAGES.name}_total{base} {_num(stats.outages_opened)}\n",
+        }
+        if last_down is not None:
+            text[F.OUTAGE_LAST_START] = f"{F.OUTAGE_LAST_START.name}{base} {floatToGoString(last_down.start)}\n"
+        if closed is not None and closed.end is not None:
+            text[F.OUTAGE_LAST_DURATION] = (f"{F.OUTAGE_LAST_DURATION.name}{base} "
+                                            f"{floatToGoString(closed.end - closed.start)}\n")
+        self.outages = [text.get(f, "").encode() for f in PER_OUTAGE[:-1]]
 
     def render_ratio(self, values: dict[str, float | None]) -> None:
-        self.ratio = "".join(f"aipulse_availability_ratio{self.end('window', name)} {floatToGoString(v)}\n"
+        self.ratio = "".join(f"{F.AVAILABILITY.name}{self.end('window', name)} {floatToGoString(v)}\n"
                              for name, v in values.items() if v is not None).encode()
 
 
@@ -407,15 +320,17 @@ class _Exposition:
         self._headers: dict[tuple[Encoder, bool], list[bytes]] = {}
         self.statuses: dict[str, tuple[str, bytes]] = {}
         self._warmer: asyncio.Task[None] | None = None
+        self.changed: set[tuple[str, str]] = set()  # checks with a new result, not yet rendered
+        collector.live.on_record.append(self.changed.add)
 
     def headers(self, encoder: Encoder, openmetrics: bool) -> list[bytes]:
-        """HELP/TYPE lines of each per-check family, as prometheus_client writes them."""
+        """HELP/TYPE lines of each per-check family (and the service status), as
+        prometheus_client writes them."""
         key = (encoder, openmetrics)
         if key not in self._headers:
-            c = AipulseCollector(LiveState(), self.collector.location)
             out = []
-            for family in [*c._probe_families(), *c._outages(CHECK_LABELS), *c._service_status()]:
-                text = encoder(_Families([family]))  # type: ignore[arg-type]
+            for family in (*PER_PROBE, *PER_OUTAGE, F.SERVICE_STATUS):
+                text = encoder(_Families([family.new()]))  # type: ignore[arg-type]
                 out.append(text.removesuffix(b"# EOF\n") if openmetrics else text)
             self._headers[key] = out
         return self._headers[key]
@@ -442,7 +357,7 @@ class _Exposition:
             await asyncio.sleep(WARM_EVERY)
             if self._warmer is not asyncio.current_task():
                 return  # replaced (another event loop)
-            changed = live.changed
+            changed = self.changed
             while changed:
                 for _ in range(min(WARM_SLICE, len(changed))):
                     key = changed.pop()
@@ -478,10 +393,10 @@ class _Exposition:
         collector = self.collector
         live, loc = collector.live, collector.location
         self._start_warmer()
-        now = time.time()
-        gaps, maintenance = collector._unknown_spans(now)
+        now = live.now()
+        gaps, maintenance = collector.unknown_spans(now)
         order: list[_CheckText] = []
-        live.changed.clear()  # all rendered below
+        self.changed.clear()  # all rendered below
         # A snapshot: a reload may change the checks while this yields.
         for n, (key, stats) in enumerate(list(live.checks.items()), 1):
             if n % RENDER_SLICE == 0:
@@ -492,35 +407,36 @@ class _Exposition:
             if outage_key != text.outage_key:
                 text.render_outages(stats)
                 text.outage_key = outage_key
-            values = stats.availability(now, gaps, maintenance.get(key[0], []))
+            values = collector.availability(key, stats, now, gaps, maintenance.get(key[0], []))
             if values is not text.availability:
                 text.render_ratio(values)
                 text.availability = values
             order.append(text)
         if len(self.texts) > len(live.checks):  # checks removed by a reload
             self.texts = {k: v for k, v in self.texts.items() if k in live.checks}
-        headers = self.headers(encoder, openmetrics)
+        collector.forget_removed()
+        headers = iter(self.headers(encoder, openmetrics))
         parts: list[bytes] = []
-        for i in range(_PROBE_FAMILIES):
-            parts.append(headers[i])
+        for i in range(len(PER_PROBE)):
+            parts.append(next(headers))
             parts += [t.probe[i] for t in order]
-        for i in range(_OUTAGE_FAMILIES - 1):
-            parts.append(headers[_PROBE_FAMILIES + i])
+        for i in range(len(PER_OUTAGE) - 1):  # the last one: availability, kept apart
+            parts.append(next(headers))
             parts += [t.outages[i] for t in order]
-        parts.append(headers[_PROBE_FAMILIES + _OUTAGE_FAMILIES - 1])
+        parts.append(next(headers))
         parts += [t.ratio for t in order]
-        parts.append(headers[-1])  # aipulse_service_status
+        parts.append(next(headers))  # aipulse_service_status
         statuses = self.statuses
         for sid, sstats in live.services.items():
             cached = statuses.get(sid)
             if cached is None or cached[0] != sstats.status:
                 cached = statuses[sid] = (sstats.status, "".join(
-                    f'aipulse_service_status{{location="{_esc(loc)}",service="{_esc(sid)}",status="{name}"}} '
+                    f'{F.SERVICE_STATUS.name}{{location="{_esc(loc)}",service="{_esc(sid)}",status="{name}"}} '
                     f"{_ONE if sstats.status == name else _ZERO}\n" for name in SERVICE_STATUSES).encode())
             parts.append(cached[1])
         if len(statuses) > len(live.services):
             self.statuses = {k: v for k, v in statuses.items() if k in live.services}
-        parts.append(encoder(_Families(collector._tail_families())))  # type: ignore[arg-type]
+        parts.append(encoder(_Families(collector.tail())))  # type: ignore[arg-type]
         yield parts
 
 

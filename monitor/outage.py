@@ -27,17 +27,11 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from enum import IntEnum, StrEnum
+from enum import IntEnum
 
 from monitor.reasons import Reason
 from monitor.result import ProbeResult
-
-
-class State(StrEnum):
-    UP = "up"
-    DEGRADED = "degraded"
-    DOWN = "down"
-    UNKNOWN = "unknown"
+from monitor.status import State, severity_for  # the status words (importable from here too)
 
 
 class Level(IntEnum):
@@ -129,12 +123,6 @@ class GapClosed:
 
 
 Event = WindowOpened | WindowClosed | WindowUpdated | StateChanged | GapOpened | GapClosed
-
-
-def severity_for(kind: str, critical: bool) -> str:
-    if kind == "degraded":
-        return "degraded_performance"
-    return "major_outage" if critical else "partial_outage"
 
 
 @dataclass

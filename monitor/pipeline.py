@@ -5,10 +5,17 @@
            -> Notifier (webhooks) and one log line per change
 
 `handle` only queues a result; one consumer task takes results in order, decides
-their events (`process`, synchronous: no I/O), awaits the durable write (one
-transaction for all results queued meanwhile) and only then publishes. So nothing
-is shown or announced that a crash could lose, events are published in the order
-they were decided, and a slow disk never delays probing.
+their events (`process`, synchronous: no I/O), hands them to the store (one
+transaction for all results taken together) and publishes them once they are
+committed: into LiveState (`LiveState.apply`), the log and the receivers
+(monitor.announce). So nothing is shown or announced that a crash could lose: an
+event whose write failed is published when the store has written it on a retry, in
+the order decided, or never. A slow disk never delays probing.
+
+Each result costs O(1), whatever the layout (3,000 checks in one service or 3,000
+services): a service's status comes from counts of its checks' states kept up to
+date one check at a time (monitor.rollup.StatusCounts), and the consumer takes at
+most `SLICE` seconds of results before it gives the event loop a turn.
 
 A failure that the monitor's own network may have caused is held back until every
 connectivity canary has reported after it (without canaries: a dns/connect failure,
@@ -16,10 +23,6 @@ until every other host has): only then is it known whether the service failed or
 the monitor itself is offline. While it is offline every check and service is
 `unknown`, and no window opens.
 
-A service-level window is announced (log line, webhook) once it cannot turn out
-shorter than one probe interval: its start and end are back-dated from the checks'
-windows, and two checks' windows a moment apart would otherwise make a window of
-0.4 s that nobody should be woken for.
 """
 
 from __future__ import annotations
@@ -27,14 +30,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from collections import deque
-from collections.abc import Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
+from monitor.announce import Announcer, Publisher, clock
 from monitor.config import CANARY_SERVICE, Canary, Config, ServiceConfig
-from monitor.live import CheckStats, LiveState
+from monitor.live import LiveState
 from monitor.outage import (
     CheckTracker,
     Event,
@@ -51,7 +54,8 @@ from monitor.outage import (
 )
 from monitor.reasons import Reason
 from monitor.result import ProbeResult
-from monitor.rollup import UNKNOWN, OfflineDetector, ServiceTracker, service_status
+from monitor.rollup import OfflineDetector, ServiceTracker, StatusCounts
+from monitor.status import UNKNOWN
 from monitor.store import StorageError
 from monitor.units import format_duration
 
@@ -62,15 +66,17 @@ class EventSink(Protocol):
     """What the pipeline needs of monitor.store.Store."""
 
     def add_result(self, result: ProbeResult) -> None: ...
-    async def write(self, events: Sequence[Event]) -> None: ...
 
-
-class Publisher(Protocol):
-    def publish(self, event: WindowOpened | WindowClosed) -> None: ...
+    async def write(self, events: Sequence[Event], on_commit: Callable[[], None] | None = None) -> None:
+        """Returns after the first attempt to commit (raises StorageError if it failed);
+        `on_commit` is called on the event loop once the events are committed, then
+        or on a later retry (never, if the store closes first)."""
+        ...
 
 
 MAX_HOLD = 300.0  # seconds a dns/connect failure may wait for the offline decision
 MAX_BATCH = 1000  # queued results whose events are committed together
+SLICE = 0.02  # seconds of processing before the consumer gives the event loop a turn
 OFFLINE = "monitor offline"  # StateChanged.why while the monitor cannot see anything
 RESTARTED = "not probed since the restart"
 _SILENT = (OFFLINE, RESTARTED)  # one line says it for every check (or nothing needs saying)
@@ -84,29 +90,42 @@ class Observation:
     result: ProbeResult
 
 
+def _counted(tracker: CheckTracker) -> tuple[bool, State]:
+    """What a check adds to its service's status. An open window counts even while
+    the check is momentarily unknown (a bot wall mid-outage must not end the
+    service's outage)."""
+    return tracker.critical, State(tracker.window.kind) if tracker.window else tracker.state
+
+
 class Pipeline:
     def __init__(self, config: Config, live: LiveState, store: EventSink | None = None,
                  notifier: Publisher | None = None) -> None:
         self.live = live
         self.store = store
-        self.notifier = notifier
+        self.announcer = Announcer(notifier)
         self.trackers: dict[tuple[str, str], CheckTracker] = {}
         self.services: dict[str, ServiceTracker] = {}
         self.offline = OfflineDetector(frozenset())
         self.canaries: dict[str, Canary] = {}
         self._canary_last: dict[str, ProbeResult] = {}
         self._clock = float("-inf")  # the latest probe start processed
-        # Service windows opened but not yet announced: service -> (event, announce from)
-        self._quiet: dict[str, tuple[WindowOpened, float]] = {}
+        self._counts: dict[str, StatusCounts] = {}  # by service
+        self._counted: dict[tuple[str, str], tuple[bool, State]] = {}  # what each check adds to them
         self._held: deque[Observation] = deque()
+        self._held_keys: Counter[tuple[str, str]] = Counter()
+        # Committed in order, published in order: [events, committed?]
+        self._unpublished: deque[list[object]] = deque()
         self._queue: asyncio.Queue[ProbeResult | None] = asyncio.Queue()
         self._consumer: asyncio.Task[None] | None = None
-        self.configure(config)
+        self.configure(config, now=float("-inf"))
 
-    def configure(self, config: Config, now: float | None = None) -> list[Event]:
+    @property
+    def notifier(self) -> Publisher | None:
+        return self.announcer.notifier
+
+    def configure(self, config: Config, now: float) -> list[Event]:
         """Adopt a (new) config: unchanged checks keep their trackers and open windows.
         Returns events closing the open windows of checks and services it removes."""
-        now = time.time() if now is None else now
         keep = {c.key for c in config.checks}
         keep_services = {s.id for s in config.services}
         orphans: list[Event] = [
@@ -133,58 +152,71 @@ class Pipeline:
         self.check_configs = {c.key: c for c in config.checks}
         self.canaries = {c.check.id: c for c in config.connectivity}
         self._canary_last = {k: v for k, v in self._canary_last.items() if k in self.canaries}
-        self.offline.hosts = frozenset(c.host for c in config.checks)
-        self.offline.canaries = frozenset(self.canaries)
+        self.offline.set_voters(frozenset(c.host for c in config.checks), frozenset(self.canaries))
         self.hold_limit = min(MAX_HOLD, max((c.interval + c.timeout for c in (
             *config.checks, *(k.check for k in config.connectivity))), default=0))
+        self._recount()
+        self.announcer.configure(config.services)
         self.live.set_services(config.services)
         self.live.checks_skipped = len(config.skipped)
         return orphans
+
+    def _recount(self) -> None:
+        """Count every check's state into its service's status again (a new config, a
+        restore, the monitor going offline: not per result)."""
+        self._counts = {sid: StatusCounts() for sid in self.services}
+        self._counted = {}
+        for key, tracker in self.trackers.items():
+            self._counted[key] = counted = _counted(tracker)
+            self._counts[key[0]].add(*counted)
+
+    def _recounted(self, key: tuple[str, str], tracker: CheckTracker) -> StatusCounts:
+        """Its service's counts, with this check's current state (O(1))."""
+        counts = self._counts[key[0]]
+        new = _counted(tracker)
+        old = self._counted.get(key)
+        if new != old:
+            counts.move(old, new)
+            self._counted[key] = new
+        return counts
 
     def restore(self, open_windows: Sequence[OutageWindow], windows: Sequence[OutageWindow],
                 transitions: Sequence[StateChanged], gaps: Sequence[Gap],
                 first_seen: dict[tuple[str, str], float], last_seen: float,
                 since: float = float("-inf")) -> list[Event]:
-        """Resume after a restart: open windows stay open; history (from `since` on)
-        feeds availability. Returns the events that close windows of checks no longer
-        configured (at `last_seen`, when the previous run was last alive)."""
+        """Resume after a restart: open windows stay open; the stored history (from
+        `since` on) is replayed into LiveState (availability, last outages). Returns the
+        events that close windows of checks no longer configured (at `last_seen`, when
+        the previous run was last alive)."""
         orphans: list[Event] = []
         for w in open_windows:
-            known = self.services.get(w.service) if w.check is None else self.trackers.get(
-                (w.service, w.check))
-            if known is None:
-                orphans.append(WindowClosed(replace(w, end=max(w.start, last_seen))))
-                continue
             if w.check is None:
                 if (svc := self.services.get(w.service)) is not None:
                     svc.window = w
                     svc.status = w.severity
-                    self.live.services[w.service].window = w
-                    self.live.services[w.service].status = w.severity
+                    continue
             elif (tracker := self.trackers.get((w.service, w.check))) is not None:
                 tracker.window = w
                 tracker.state = State(w.kind)
-        for w in sorted(windows, key=lambda w: w.start):
-            stats = self.live.checks.get((w.service, w.check or ""))
-            if stats is None:
                 continue
-            stats.window_opened(w)
+            orphans.append(WindowClosed(replace(w, end=max(w.start, last_seen))))
+        self._recount()
+        stored: list[Event] = []
+        for w in sorted(windows, key=lambda w: w.start):
+            stored.append(WindowOpened(replace(w, end=None)))
             if w.end is not None:
-                stats.window_closed(w)
-        for t in transitions:
-            stats = self.live.checks.get((t.service, t.check or ""))
-            if stats is not None:
-                stats.set_state(State(t.state), t.at)
-        for key, stats in self.live.checks.items():
-            stats.first_seen = first_seen.get(key, stats.first_seen)
-            if stats.first_seen is not None and stats.first_seen < since:
-                # Seen before the history begins: its state then is not in the history.
-                stats.first_known = min(stats.first_known or stats.first_seen, stats.first_seen)
-            tracker = self.trackers[key]
-            stats.set_state(tracker.state, last_seen, RESTARTED)  # unknown until it is probed again
-            stats.window = tracker.window
-            stats.outages_opened = 0  # a counter: counts windows opened by this process
-        self.live.gaps = list(gaps)
+                stored.append(WindowClosed(w))
+        stored += transitions
+        for g in gaps:
+            stored.append(GapOpened(replace(g, end=None)))
+            if g.end is not None:
+                stored.append(GapClosed(g))
+        # Then, as of the last moment the previous run was alive: nothing is known of a
+        # check until it is probed again (an open window stays open).
+        stored += [StateChanged(key[0], key[1], t.state.value, last_seen, RESTARTED)
+                   for key, t in self.trackers.items()]
+        stored += [StateChanged(sid, None, t.status, last_seen) for sid, t in self.services.items()]
+        self.live.replay(stored, first_seen=first_seen, since=since)
         return orphans
 
     def process(self, result: ProbeResult) -> list[Event]:
@@ -200,9 +232,9 @@ class Pipeline:
         events: list[Event] = list(self.offline.observe(check.host, at, result.reason))
         events += self._went_offline(events, at)
         obs = Observation(key, check.host, at, result)
-        held_keys = {o.key for o in self._held}
-        if key in held_keys or self.offline.holds(result.reason):
+        if self._held_keys[key] or self.offline.holds(result.reason):
             self._held.append(obs)  # a check's later results wait behind its held ones
+            self._held_keys[key] += 1
         else:
             events += self._observe(obs)
         return events + self._release(at)
@@ -219,9 +251,13 @@ class Pipeline:
     def _release(self, at: float) -> list[Event]:
         """Observe the held results whose offline question is decided (or held too long)."""
         events: list[Event] = []
-        while self._held and (self.offline.decided(self._held[0].host, self._held[0].at)
-                              or at - self._held[0].at > self.hold_limit):
-            events += self._observe(self._held.popleft())
+        held = self._held
+        while held and (self.offline.decided(held[0].host, held[0].at) or at - held[0].at > self.hold_limit):
+            obs = held.popleft()
+            self._held_keys[obs.key] -= 1
+            if not self._held_keys[obs.key]:
+                del self._held_keys[obs.key]
+            events += self._observe(obs)
         return events
 
     def _went_offline(self, events: list[Event], at: float) -> list[Event]:
@@ -234,6 +270,7 @@ class Pipeline:
         out: list[Event] = []
         for t in self.trackers.values():
             out += t.observe(at, None, why=OFFLINE)
+        self._recount()
         for sid, service in self.services.items():
             config = self.service_configs[sid]
             if not any(m.active(at) for m in config.maintenance):
@@ -258,17 +295,15 @@ class Pipeline:
             level = level_of(result)
             why = "" if result.success else _failure(result)
         check_events = tracker.observe(obs.at, level, result.reason.value, why)
-        return [*check_events, *self._service_events(service, check_events, obs.at, in_maintenance, offline)]
+        counts = self._recounted(obs.key, tracker)
+        return [*check_events, *self._service_events(service, counts, check_events, obs.at, in_maintenance,
+                                                     offline)]
 
-    def _service_events(self, service: ServiceConfig, check_events: list[Event], at: float,
-                        in_maintenance: bool, offline: bool) -> list[Event]:
+    def _service_events(self, service: ServiceConfig, counts: StatusCounts, check_events: list[Event],
+                        at: float, in_maintenance: bool, offline: bool) -> list[Event]:
         if offline and not in_maintenance:
             return self.services[service.id].update(UNKNOWN, at)
-        # An open window counts even while the check is momentarily unknown (a bot wall
-        # mid-outage must not end the service's outage).
-        states = [(t.critical, State(t.window.kind) if t.window else t.state)
-                  for t in (self.trackers[c.key] for c in service.checks)]
-        status = service_status(states, in_maintenance)
+        status = counts.status(in_maintenance)
         opened = [e.window.start for e in check_events if isinstance(e, WindowOpened)]
         closed = [e.window.end for e in check_events if isinstance(e, WindowClosed) and e.window.end]
         when = closed[-1] if closed and not opened else at
@@ -294,17 +329,17 @@ class Pipeline:
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Process what is queued (up to `timeout`), then stop."""
-        if self._consumer is None:
-            return
-        self._queue.put_nowait(None)
-        try:
-            await asyncio.wait_for(asyncio.shield(self._consumer), timeout)
-        except TimeoutError:
-            log.warning("stopping with %d results not yet processed", self._queue.qsize())
-            self._consumer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._consumer
-        self._consumer = None
+        if self._consumer is not None:
+            self._queue.put_nowait(None)
+            try:
+                await asyncio.wait_for(asyncio.shield(self._consumer), timeout)
+            except TimeoutError:
+                log.warning("stopping with %d results not yet processed", self._queue.qsize())
+                self._consumer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._consumer
+            self._consumer = None
+        self.announcer.flush()
 
     async def join(self) -> None:
         """Wait until every queued result is processed."""
@@ -315,13 +350,16 @@ class Pipeline:
         # transaction: when the disk is slow (or failing: each write may wait
         # `Store.write_timeout`), the consumer catches up by the batch instead of
         # falling behind by one commit per result while the queue grows without bound.
+        # A batch takes at most SLICE seconds of processing, and the loop gets a turn
+        # after each one, whatever the disk does: probes, scrapes and signals go on.
+        loop = asyncio.get_running_loop()
         while True:
             batch = [await self._queue.get()]
-            while len(batch) < MAX_BATCH and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+            deadline = loop.time() + SLICE
             events: list[Event] = []
             try:
-                for result in batch:
+                while True:
+                    result = batch[-1]
                     if result is None:
                         break
                     try:
@@ -329,6 +367,9 @@ class Pipeline:
                     except Exception:
                         log.exception("processing a result of %s/%s failed", result.service,
                                       result.check)
+                    if len(batch) >= MAX_BATCH or self._queue.empty() or loop.time() >= deadline:
+                        break
+                    batch.append(self._queue.get_nowait())
                 if events:
                     await self.commit(events)
             except Exception:
@@ -338,78 +379,92 @@ class Pipeline:
                     self._queue.task_done()
             if batch[-1] is None:
                 return
+            await asyncio.sleep(0)
 
     async def commit(self, events: Sequence[Event]) -> None:
-        """Store durably, then publish. A storage failure is logged; the events are
-        still published (the store keeps them queued and retries)."""
-        if self.store is not None:
-            try:
-                await self.store.write(events)
-            except StorageError as exc:  # the store keeps them queued and retries
-                log.debug("storing %d events failed: %s", len(events), exc)
-        for event in events:
-            self._publish(event)
-        self._announce_due()
+        """Store durably, then publish, in the order of the calls. When the store cannot
+        write them now, they are published once it has (it keeps them and retries),
+        after everything committed before them; never before."""
+        if not events:
+            return
+        entry: list[object] = [list(events), False]
+        self._unpublished.append(entry)
+        if self.store is None:
+            entry[1] = True
+            self._drain()
+            return
+
+        def committed() -> None:
+            entry[1] = True
+            self._drain()
+
+        try:
+            await self.store.write(events, on_commit=committed)
+        except StorageError as exc:  # the store keeps them queued and retries
+            log.debug("storing %d events failed: %s; published once written", len(events), exc)
+
+    @property
+    def unpublished(self) -> int:
+        """Events decided but not yet committed (so not yet shown or announced)."""
+        return sum(len(e[0]) for e in self._unpublished)  # type: ignore[arg-type]
+
+    def _drain(self) -> None:
+        while self._unpublished and self._unpublished[0][1]:
+            events = self._unpublished.popleft()[0]
+            for event in events:  # type: ignore[attr-defined]
+                self._publish(event)
+        self.announcer.due(self._clock)
 
     def _publish(self, event: Event) -> None:
-        live = self.live
+        live, say = self.live, self.announcer
+        if isinstance(event, StateChanged) and event.check is not None:
+            stats = live.checks.get((event.service, event.check))
+            # Seen again: it was unknown after it had been known (its unknown span is open).
+            was_unknown = (stats.unknown_why if stats is not None and stats.state is State.UNKNOWN
+                           and stats.unknown_spans and stats.unknown_spans[-1][1] is None else None)
+            live.apply(event)
+            self._log_check_state(event, was_unknown)
+            return
+        live.apply(event)
         if isinstance(event, StateChanged):
-            if event.check is None:
-                if (sstats := live.services.get(event.service)) is not None:
-                    sstats.status = event.state
-                if not (event.state == UNKNOWN and live.monitor_offline):  # the gap's line says it
-                    log.info("%s is %s", event.service, event.state)
-            elif (stats := live.checks.get((event.service, event.check))) is not None:
-                was_unknown_why = stats.unknown_why
-                stats.set_state(State(event.state), event.at, event.why)
-                # down/degraded are logged with their window; here: losing and regaining
-                # sight (not one line per check when the monitor itself goes offline).
-                name = f"{event.service}/{event.check}"
-                if event.state == State.UNKNOWN:
-                    if event.why not in _SILENT:
-                        log.info("%s is unknown: %s", name, event.why or "no result")
-                elif (stats.unknown_spans and stats.unknown_spans[-1][1] == event.at
-                      and was_unknown_why not in _SILENT):
-                    if event.why:
-                        log.info("%s is seen again, failing (%s); no outage window (yet)", name, event.why)
-                    else:
-                        log.info("%s is %s again", name, event.state)
+            if not (event.state == UNKNOWN and live.monitor_offline):  # the gap's line says it
+                log.info("%s is %s", event.service, event.state)
         elif isinstance(event, WindowUpdated):
-            w = event.window
-            if w.check is None and (sstats := live.services.get(w.service)) is not None:
-                sstats.window = w
-                if w.kind == "down":
-                    sstats.last_down = w
-            quiet = self._quiet.get(w.service) if w.check is None else None
-            if quiet is not None and quiet[0].window.start == w.start:
-                self._quiet[w.service] = (WindowOpened(w), quiet[1])
+            if event.window.check is None:
+                say.service_window_updated(WindowOpened(event.window))
         elif isinstance(event, (WindowOpened, WindowClosed)):
-            w = event.window
-            if w.check is None:
-                if (sstats := live.services.get(w.service)) is not None:
-                    sstats.window = w if isinstance(event, WindowOpened) else None
-                    if w.kind == "down":
-                        sstats.last_down = w
-            elif (stats := live.checks.get((w.service, w.check))) is not None:
-                _apply_window(stats, event)
-            if w.check is None:
-                self._announce_service_window(event)
+            if event.window.check is None:
+                say.service_window(event)
             else:
-                self._announce(event)
+                say.check_window(event)
         elif isinstance(event, GapOpened):
-            live.gaps.append(event.gap)
             if event.gap.cause == "offline":
                 log.warning("monitor offline since %s: %s; this time counts as unknown",
-                            _clock(event.gap.start), self._offline_why())
+                            clock(event.gap.start), self._offline_why())
         elif isinstance(event, GapClosed):
-            live.gaps = [g for g in live.gaps if g.start != event.gap.start or g.end is not None]
-            live.gaps.append(event.gap)
             took = format_duration((event.gap.end or event.gap.start) - event.gap.start)
             if event.gap.cause == "offline":
                 log.warning("monitor back online after %s", took)
             else:
                 log.info("not running from %s to %s (%s): this time counts as unknown",
-                         _clock(event.gap.start), _clock(event.gap.end or event.gap.start), took)
+                         clock(event.gap.start), clock(event.gap.end or event.gap.start), took)
+
+    def _log_check_state(self, event: StateChanged, was_unknown: str | None) -> None:
+        """down/degraded are logged with their window; here: losing and regaining sight
+        (not one line per check when the monitor itself goes offline)."""
+        name = f"{event.service}/{event.check}"
+        if event.state == State.UNKNOWN:
+            if event.why not in _SILENT:
+                self.announcer.check_line(event.service, "unknown", event.why.split(":", 1)[0], event.at,
+                                          "%s is unknown: %s", name, event.why or "no result")
+        elif was_unknown is not None and was_unknown not in _SILENT:
+            if event.why:
+                self.announcer.check_line(event.service, "seen", event.why.split(":", 1)[0], event.at,
+                                          "%s is seen again, failing (%s); no outage window (yet)", name,
+                                          event.why)
+            else:
+                self.announcer.check_line(event.service, "seen", "", event.at, "%s is %s again", name,
+                                          event.state)
 
     def _offline_why(self) -> str:
         if not self.canaries:
@@ -418,39 +473,6 @@ class Pipeline:
         failures = ", ".join(f"{self.canaries[k].check.host}: {r.reason}"
                              for k, r in self._canary_last.items() if k in self.canaries)
         return f"every connectivity canary fails ({failures})"
-
-    def _announce(self, event: WindowOpened | WindowClosed) -> None:
-        _log_window(event)
-        if self.notifier is not None:
-            self.notifier.publish(event)
-
-    def _announce_service_window(self, event: WindowOpened | WindowClosed) -> None:
-        """A service window's open is announced once the window cannot turn out shorter
-        than one interval (see the module docstring); one that does is never announced."""
-        w = event.window
-        config = self.service_configs.get(w.service)
-        checks = config.checks if config is not None else ()
-        shortest = min((c.interval for c in checks), default=0.0)
-        if isinstance(event, WindowOpened):
-            # How far back a close can be dated: a check window's end (its first good
-            # probe of close_after) or the start of a worse one (its first of open_after).
-            backdate = max((max(c.open_after, c.close_after) * c.interval for c in checks), default=0.0)
-            self._quiet[w.service] = (event, w.start + shortest + backdate)
-            return
-        quiet = self._quiet.pop(w.service, None)
-        if quiet is not None and quiet[0].window.start == w.start:
-            if w.duration(w.start) < shortest:
-                log.debug("%s: a %s window of %s, shorter than one interval: not announced", w.service,
-                          w.kind, format_duration(w.duration(w.start)))
-                return
-            self._announce(quiet[0])
-        self._announce(event)
-
-    def _announce_due(self) -> None:
-        for sid, (event, due) in list(self._quiet.items()):
-            if self._clock >= due:
-                del self._quiet[sid]
-                self._announce(event)
 
 
 def restart_gap_events(gaps: Sequence[Gap], heartbeat: float | None, now: float) -> list[Event]:
@@ -469,26 +491,3 @@ def restart_gap_events(gaps: Sequence[Gap], heartbeat: float | None, now: float)
 def _failure(result: ProbeResult) -> str:
     """'overloaded: HTTP 503 ...' for a log line."""
     return f"{result.reason}: {result.detail}" if result.detail else str(result.reason)
-
-
-def _apply_window(stats: CheckStats, event: WindowOpened | WindowClosed) -> None:
-    if isinstance(event, WindowOpened):
-        stats.window_opened(event.window)
-    else:
-        stats.window_closed(event.window)
-
-
-def _log_window(event: WindowOpened | WindowClosed) -> None:
-    w = event.window
-    name = w.service if w.check is None else f"{w.service}/{w.check}"
-    what = "outage" if w.kind == "down" else "degraded performance"
-    if isinstance(event, WindowOpened):
-        log.warning("%s: %s since %s (%s)", name, what, _clock(w.start), w.reason)
-    else:
-        log.warning("%s: %s over after %s (%s to %s, %s)", name, what,
-                    format_duration((w.end or w.start) - w.start), _clock(w.start), _clock(w.end or w.start),
-                    w.reason)
-
-
-def _clock(t: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))

@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import heapq
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
@@ -28,15 +30,14 @@ from monitor.outage import (
     WindowUpdated,
 )
 from monitor.reasons import Reason
-
-OPERATIONAL = "operational"
-DEGRADED_PERFORMANCE = "degraded_performance"
-PARTIAL_OUTAGE = "partial_outage"
-MAJOR_OUTAGE = "major_outage"
-UNDER_MAINTENANCE = "under_maintenance"
-UNKNOWN = "unknown"
-SERVICE_STATUSES = (OPERATIONAL, DEGRADED_PERFORMANCE, PARTIAL_OUTAGE, MAJOR_OUTAGE, UNDER_MAINTENANCE,
-                    UNKNOWN)
+from monitor.status import (
+    DEGRADED_PERFORMANCE,
+    MAJOR_OUTAGE,
+    OPERATIONAL,
+    PARTIAL_OUTAGE,
+    UNDER_MAINTENANCE,
+    UNKNOWN,
+)
 
 _LEVEL_OF_STATUS = {
     MAJOR_OUTAGE: Level.DOWN,
@@ -45,29 +46,57 @@ _LEVEL_OF_STATUS = {
 }
 
 
-def service_status(checks: Iterable[tuple[bool, State]], in_maintenance: bool = False) -> str:
-    """Statuspage status of a service from (critical, state) of its checks.
+class StatusCounts:
+    """A service's checks counted by (critical, state): its status in O(1), kept up to
+    date one check at a time (`move`), so a result costs the same in a service of 3
+    checks or of 3,000."""
 
-    major_outage: every critical check is down; partial_outage: some are;
-    degraded_performance: a check is degraded, or a non-critical check is down;
-    unknown: every critical check is unknown (a service without critical checks: every
-    check). Otherwise unknown checks do not count either way.
-    """
-    if in_maintenance:
-        return UNDER_MAINTENANCE
-    checks = list(checks)
-    critical = [state for is_critical, state in checks if is_critical]
-    others = [state for is_critical, state in checks if not is_critical]
-    if all(s is State.UNKNOWN for s in critical or others):
-        return UNKNOWN
-    down = [s is State.DOWN for s in critical]
-    if down and all(down):
-        return MAJOR_OUTAGE
-    if any(down):
-        return PARTIAL_OUTAGE
-    if any(s is State.DEGRADED for s in critical) or any(s in (State.DOWN, State.DEGRADED) for s in others):
-        return DEGRADED_PERFORMANCE
-    return OPERATIONAL
+    __slots__ = ("critical", "others")
+
+    def __init__(self) -> None:
+        self.critical: Counter[State] = Counter()
+        self.others: Counter[State] = Counter()
+
+    def add(self, critical: bool, state: State, n: int = 1) -> None:
+        (self.critical if critical else self.others)[state] += n
+
+    def move(self, old: tuple[bool, State] | None, new: tuple[bool, State] | None) -> None:
+        """One check went from `old` to `new` (None: not counted)."""
+        if old == new:
+            return
+        if old is not None:
+            self.add(*old, n=-1)
+        if new is not None:
+            self.add(*new)
+
+    def status(self, in_maintenance: bool = False) -> str:
+        """major_outage: every critical check is down; partial_outage: some are;
+        degraded_performance: a check is degraded, or a non-critical check is down;
+        unknown: every critical check is unknown (a service without critical checks:
+        every check). Otherwise unknown checks do not count either way."""
+        if in_maintenance:
+            return UNDER_MAINTENANCE
+        crit, others = self.critical, self.others
+        n_crit = crit.total()
+        voters, n_voters = (crit, n_crit) if n_crit else (others, others.total())
+        if voters[State.UNKNOWN] == n_voters:
+            return UNKNOWN
+        if n_crit and crit[State.DOWN] == n_crit:
+            return MAJOR_OUTAGE
+        if crit[State.DOWN]:
+            return PARTIAL_OUTAGE
+        if crit[State.DEGRADED] or others[State.DOWN] or others[State.DEGRADED]:
+            return DEGRADED_PERFORMANCE
+        return OPERATIONAL
+
+
+def service_status(checks: Iterable[tuple[bool, State]], in_maintenance: bool = False) -> str:
+    """Statuspage status of a service from (critical, state) of its checks (see
+    `StatusCounts.status`, which decides it)."""
+    counts = StatusCounts()
+    for critical, state in checks:
+        counts.add(critical, state)
+    return counts.status(in_maintenance)
 
 
 @dataclass
@@ -120,7 +149,6 @@ OFFLINE_REASONS = frozenset({Reason.DNS, Reason.CONNECT})
 UNREACHED_REASONS = frozenset({Reason.DNS, Reason.CONNECT, Reason.TIMEOUT})
 
 
-@dataclass
 class OfflineDetector:
     """Is the monitor itself offline? Two ways to tell:
 
@@ -132,15 +160,37 @@ class OfflineDetector:
     The gap starts at the earliest failure of that streak that came after the last
     answer of any canary (or host). `latest_at` tells when each voter last reported,
     so the pipeline can hold a failure that may be ours until every voter has spoken
-    after it (then it is known whether the failure was the service's or ours)."""
+    after it (then it is known whether the failure was the service's or ours).
 
-    hosts: frozenset[str]
-    canaries: frozenset[str] = frozenset()
-    gap: Gap | None = None
-    latest_at: dict[str, float] = field(default_factory=dict)  # by host, or by canary
-    recent_gaps: list[Gap] = field(default_factory=list)  # closed gaps, newest last
-    _failing_since: dict[str, float] = field(default_factory=dict)
-    _last_ok: dict[str, float] = field(default_factory=dict)
+    Every question a result asks costs O(log voters) at most, not O(voters): the
+    failing voters are counted, and the earliest report among the voters is kept in
+    a heap."""
+
+    def __init__(self, hosts: frozenset[str], canaries: frozenset[str] = frozenset()) -> None:
+        self.gap: Gap | None = None
+        self.latest_at: dict[str, float] = {}  # by host, or by canary
+        self.recent_gaps: list[Gap] = []  # closed gaps, newest last
+        self._failing_since: dict[str, float] = {}  # voters only
+        self._last_ok: dict[str, float] = {}
+        self._heap: list[tuple[float, str]] = []  # (latest_at, voter); stale entries skipped
+        self.set_voters(hosts, canaries)
+
+    @property
+    def hosts(self) -> frozenset[str]:
+        return self._hosts
+
+    @property
+    def canaries(self) -> frozenset[str]:
+        return self._canaries
+
+    def set_voters(self, hosts: frozenset[str], canaries: frozenset[str] = frozenset()) -> None:
+        """Adopt a config's hosts and canaries (what they said so far is kept)."""
+        self._hosts, self._canaries = hosts, canaries
+        self._voters = canaries or hosts
+        for d in (self._failing_since, self._last_ok, self.latest_at):
+            for v in [v for v in d if v not in self._voters]:
+                del d[v]
+        self._rebuild_heap()
 
     @property
     def offline(self) -> bool:
@@ -148,28 +198,33 @@ class OfflineDetector:
 
     def holds(self, reason: Reason) -> bool:
         """Must a service's result with `reason` wait for the offline decision?"""
-        if self.canaries:
+        if self._canaries:
             return reason in UNREACHED_REASONS
-        return reason in OFFLINE_REASONS and len(self.hosts) >= 2
+        return reason in OFFLINE_REASONS and len(self._hosts) >= 2
 
     def observe(self, host: str, at: float, reason: Reason) -> list[Event]:
         """A service's result. With canaries it decides nothing."""
-        if self.canaries:
+        if self._canaries:
             return []
-        return self._vote(host, self.hosts, at, reason not in OFFLINE_REASONS, minimum=2)
+        return self._vote(host, at, reason not in OFFLINE_REASONS, minimum=2)
 
     def observe_canary(self, canary: str, at: float, answered: bool) -> list[Event]:
         """A canary's result: `answered` when it got through (any HTTP response, or a
         TCP connection)."""
-        if canary not in self.canaries:
+        if canary not in self._canaries:
             return []
-        return self._vote(canary, self.canaries, at, answered, minimum=1)
+        return self._vote(canary, at, answered, minimum=1)
 
-    def _vote(self, voter: str, voters: frozenset[str], at: float, answered: bool,
-              minimum: int) -> list[Event]:
-        if at < self.latest_at.get(voter, at):
+    def _vote(self, voter: str, at: float, answered: bool, minimum: int) -> list[Event]:
+        voters = self._voters
+        if voter not in voters:
+            return []
+        before = self.latest_at.get(voter)
+        if before is not None and at < before:
             return []  # out of order: a later probe of this voter has already spoken
-        self.latest_at[voter] = at
+        if before != at:
+            self.latest_at[voter] = at
+            self._push(at, voter)
         if answered:
             self._failing_since.pop(voter, None)
             self._last_ok[voter] = max(at, self._last_ok.get(voter, at))
@@ -177,7 +232,8 @@ class OfflineDetector:
             self._failing_since.setdefault(voter, at)
         events: list[Event] = []
         if self.gap is None:
-            if len(voters) >= minimum and voters <= self._failing_since.keys():
+            # (_failing_since holds voters only: every voter fails when the counts match)
+            if len(voters) >= minimum and len(self._failing_since) == len(voters):
                 after = max((self._last_ok.get(v, float("-inf")) for v in voters), default=float("-inf"))
                 start = min((self._failing_since[v] for v in voters if self._failing_since[v] > after),
                             default=after)  # (only if an answer and a failure share a start time)
@@ -192,8 +248,35 @@ class OfflineDetector:
 
     def decided(self, host: str, at: float) -> bool:
         """Has every canary (without canaries: every other host) reported at or after `at`?"""
-        voters = self.canaries or self.hosts - {host}
-        return all(self.latest_at.get(v, float("-inf")) >= at for v in voters)
+        return self._earliest(None if self._canaries else host) >= at
+
+    def _earliest(self, but: str | None) -> float:
+        """The earliest latest report among the voters, `but` excepted (+inf: none)."""
+        heap = self._heap
+        self._clean()
+        if not heap:
+            return float("inf")
+        if heap[0][1] != but:
+            return heap[0][0]
+        top = heapq.heappop(heap)
+        self._clean()
+        second = heap[0][0] if heap else float("inf")
+        heapq.heappush(heap, top)
+        return second
+
+    def _clean(self) -> None:
+        heap, latest = self._heap, self.latest_at
+        while heap and latest.get(heap[0][1], float("-inf")) != heap[0][0]:
+            heapq.heappop(heap)
+
+    def _push(self, at: float, voter: str) -> None:
+        heapq.heappush(self._heap, (at, voter))
+        if len(self._heap) > 4 * len(self._voters) + 64:  # stale entries of busy voters
+            self._rebuild_heap()
+
+    def _rebuild_heap(self) -> None:
+        self._heap = [(self.latest_at.get(v, float("-inf")), v) for v in self._voters]
+        heapq.heapify(self._heap)
 
     def started_after(self, at: float) -> bool:
         """Has a gap that started after `at` been seen (a result made before it, and

@@ -262,6 +262,12 @@ class Served:
     def __init__(self, runner: web.AppRunner, listener: Listener, security: WebSecurity) -> None:
         self.runner, self.listener, self.security = runner, listener, security
 
+    def reconfigure(self, web_config: WebConfig | None, max_connections: int) -> None:
+        """A reload: a new web config (None: keep it) from the next request on, a new cap."""
+        if web_config is not None:
+            self.security.apply(web_config)
+        self.listener.max_connections = max_connections
+
     async def cleanup(self) -> None:
         await self.listener.close()
         await self.runner.cleanup()

@@ -16,6 +16,19 @@ Storage errors (sqlite3.Error, OSError: disk full, read-only file, a lock held b
 someone else) never kill the writer: it logs at most once a minute, counts them in
 `errors`, keeps what it could not write in memory and retries every cycle.
 
+History that stays true:
+
+* The file deleted or replaced while the daemon runs (an open connection would go on
+  writing into the unlinked file, and a restart would find no history and no open
+  window, so receivers would never hear "closed"): every cycle the writer compares the
+  path's file with the one it opened. On a change it logs, counts `replaced`, opens
+  the file now at the path (a fresh one if none) and writes into it what it keeps of
+  the running state: open windows and gaps, each check's first result and latest
+  state, the heartbeat.
+* Retention deletes by a clock of its own that moves forward at most by the time that
+  passed plus one step (`retention_every`) between two runs: a forward jump of the
+  clock (20 days for 70 s) deletes nothing, and is said once.
+
 Readers (`query_windows`, the CLI, dashboards' API) open their own read-only
 connections: WAL lets them read while the daemon writes.
 
@@ -54,6 +67,7 @@ from monitor.outage import (
     WindowUpdated,
 )
 from monitor.result import ProbeResult
+from monitor.units import format_duration
 from monitor.vendorlog import VendorIncidentRecord, VendorSnapshot
 
 log = logging.getLogger("aipulse.store")
@@ -228,13 +242,50 @@ def migrate(conn: sqlite3.Connection) -> int:
 
 
 @dataclass
+class _Carry:
+    """What the writer keeps of the running state, from the events it writes: enough to
+    start a fresh file that the restart after it can resume from."""
+
+    windows: dict[tuple[str, str, str, float], OutageWindow] = field(default_factory=dict)  # open ones
+    gaps: dict[tuple[float, str], Gap] = field(default_factory=dict)  # open ones
+    states: dict[tuple[str, str], StateChanged] = field(default_factory=dict)  # latest, per check ('' = service)
+    heartbeat: float | None = None
+
+    def follow(self, e: Event) -> None:
+        if isinstance(e, WindowOpened | WindowUpdated):
+            w = e.window
+            self.windows[(w.service, _check_col(w.check), w.kind, w.start)] = w
+        elif isinstance(e, WindowClosed):
+            w = e.window
+            self.windows.pop((w.service, _check_col(w.check), w.kind, w.start), None)
+        elif isinstance(e, StateChanged):
+            self.states[(e.service, _check_col(e.check))] = e
+        elif isinstance(e, GapOpened):
+            self.gaps[(e.gap.start, e.gap.cause)] = e.gap
+        elif isinstance(e, GapClosed):
+            self.gaps.pop((e.gap.start, e.gap.cause), None)
+
+    def events(self) -> list[Event]:
+        return [*(WindowOpened(w) for w in self.windows.values()), *self.states.values(),
+                *(GapOpened(g) for g in self.gaps.values())]
+
+
+@dataclass
 class _Pending:
     """One `write()` call waiting for its commit."""
 
     events: Sequence[Event]
     future: asyncio.Future[None]
     loop: asyncio.AbstractEventLoop
+    on_commit: Callable[[], None] | None = None  # called on the loop once committed
     settled: bool = False  # the caller has been answered (success or StorageError)
+
+    def committed(self) -> None:
+        """Written: answer the caller (if not yet), then tell `on_commit`."""
+        self.settle(None)
+        if self.on_commit is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+                self.loop.call_soon_threadsafe(self.on_commit)
 
     def settle(self, exc: BaseException | None) -> None:
         if self.settled:
@@ -266,11 +317,15 @@ class Store:
     busy_timeout = 5.0  # seconds to wait for a lock held by another connection
     write_timeout = 30.0  # write() gives up (StorageError) after this; events stay queued
     log_every = 60.0  # seconds between two storage error log lines
+    retention_every = 60.0  # seconds between retention runs when little is left to delete
 
-    def __init__(self, path: str | os.PathLike[str], results_retention: float = 14 * 86400) -> None:
+    def __init__(self, path: str | os.PathLike[str], results_retention: float = 14 * 86400,
+                 clock: Callable[[], float] = time.time) -> None:
         self.path = Path(path)
         self.results_retention = results_retention
+        self.clock = clock  # wall-clock epoch seconds (the daemon's SteadyClock)
         self.errors = 0  # storage errors so far (failed opens, transactions, reconnects)
+        self.replaced = 0  # times the file was found deleted or replaced (a fresh one opened)
         self.dropped_results = 0  # results lost because the in-memory queue was full
         self._cond = threading.Condition()
         # Shared with the writer, guarded by _cond:
@@ -283,11 +338,16 @@ class Store:
         self._conn: sqlite3.Connection | None = None
         self._backlog_results: list[tuple[Any, ...]] = []
         self._backlog_writes: list[_Pending] = []
-        self._known_checks: set[tuple[str, str]] = set()
+        self._known_checks: dict[tuple[str, str], float] = {}  # check -> first result stored
+        self._carry = _Carry()  # what a fresh file gets when the file is deleted or replaced
+        self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the file opened
+        self._carry_due = False  # the file changed: write `_carry` into the new one
         self._failing = False
         self._last_log = -float("inf")
         self._suppressed = 0
         self._retention_due = 0.0
+        self._retention_clock: tuple[float, float] | None = None  # (its time, monotonic) at the last run
+        self._retention_refused = False
         # Lifecycle:
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -329,11 +389,13 @@ class Store:
             if len(self._results) == self.batch_rows:
                 self._cond.notify()
 
-    async def write(self, events: Sequence[Event]) -> None:
+    async def write(self, events: Sequence[Event], on_commit: Callable[[], None] | None = None) -> None:
         """Commit `events` in one transaction, in order after earlier calls.
 
         Raises StorageError if that commit failed (the events stay queued and are
-        written later, in order) or the store is not open.
+        written later, in order) or the store is not open. `on_commit` is called on the
+        event loop once they are committed: before this returns, or on a later retry
+        (never, if the store closes first).
         """
         events = list(events)
         for e in events:
@@ -347,7 +409,7 @@ class Store:
         if not events:
             return
         loop = asyncio.get_running_loop()
-        pending = _Pending(events, loop.create_future(), loop)
+        pending = _Pending(events, loop.create_future(), loop, on_commit)
         with self._cond:
             if self._closed or self._thread is None:
                 raise StorageError("the store is not open")
@@ -423,6 +485,8 @@ class Store:
             # last transactions, which costs us a few seconds of history, not integrity.
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA journal_size_limit = 67108864")  # trim the WAL after checkpoints
+            st = os.stat(self.path)
+            self._identity = (st.st_dev, st.st_ino)
             return conn
         except BaseException:
             conn.close()
@@ -444,7 +508,11 @@ class Store:
                 ready.set_exception(StorageError(msg))
                 return
             self._conn = conn
-            self._known_checks = set(history.first_seen)
+            self._known_checks = dict(history.first_seen)
+            for e in [*(WindowOpened(w) for w in history.open_windows), *history.transitions,
+                      *(GapOpened(g) for g in history.gaps if g.end is None)]:
+                self._carry.follow(e)
+            self._carry.heartbeat = history.heartbeat
             ready.set_result(history)
             self._loop()
         except BaseException as e:  # a bug: never let the thread die silently
@@ -502,20 +570,26 @@ class Store:
         writes = self._backlog_writes
         results = self._backlog_results
         try:
+            self._watch_file()
             if self._conn is None:
                 self._conn = self._connect()
             conn = self._conn
+            if self._carry_due:
+                migrate(conn)
+                self._transaction(conn, lambda: self._write_carry(conn))
+                self._carry_due = False
             if writes or heartbeat is not None:
                 self._transaction(conn, lambda: self._write_events(conn, writes, heartbeat))
                 self._backlog_writes = []
                 for p in writes:
-                    p.settle(None)
+                    p.committed()
                 heartbeat = None
             if results:
                 new_checks: dict[tuple[str, str], float] = {}
                 self._transaction(conn, lambda: self._write_results(conn, results, new_checks))
                 self._backlog_results = []
-                self._known_checks.update(new_checks)
+                for key, first in new_checks.items():
+                    self._known_checks.setdefault(key, first)
             if retention:
                 self._retention_step(conn)
         except Exception as e:  # sqlite3.Error, OSError, or a bug: keep everything, retry
@@ -553,7 +627,9 @@ class Store:
         for p in writes:
             for e in p.events:
                 self._write_event(conn, e)
+                self._carry.follow(e)  # (written again on a retry, should this roll back)
         if heartbeat is not None:
+            self._carry.heartbeat = heartbeat
             conn.execute("INSERT INTO meta (key, value) VALUES ('heartbeat', ?) "
                          "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (heartbeat,))
 
@@ -608,17 +684,68 @@ class Store:
             conn.executemany("INSERT OR IGNORE INTO checks (service, check_id, first_seen) "
                              "VALUES (?, ?, ?)", [(s, c, t) for (s, c), t in new.items()])
 
-    def _retention_step(self, conn: sqlite3.Connection) -> None:
-        now = time.monotonic()
-        if now < self._retention_due:
+    def _watch_file(self) -> None:
+        """Is the file at the path still the one we opened? If not (deleted, or another
+        file moved there), say so and start on the file at the path (see module doc)."""
+        if self._conn is None or self._identity is None:
             return
-        cutoff = time.time() - self.results_retention
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            what = "deleted"
+        else:
+            if (st.st_dev, st.st_ino) == self._identity:
+                return
+            what = "replaced by another file"
+        self.replaced += 1
+        log.error("%s was %s while aipulse ran: carrying %d open windows and the checks' latest states "
+                  "over to %s; the history before it is not there", self.path, what,
+                  len(self._carry.windows), "a new file" if what == "deleted" else "that file")
+        self._drop_connection()  # (closing it removes its -wal and -shm)
+        if what == "deleted":
+            for suffix in ("-wal", "-shm", "-journal"):  # a stale log must never meet a new file
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(f"{self.path}{suffix}")
+        self._identity = None
+        self._carry_due = True
+
+    def _write_carry(self, conn: sqlite3.Connection) -> None:
+        for e in self._carry.events():
+            self._write_event(conn, e)
+        conn.executemany("INSERT OR IGNORE INTO checks (service, check_id, first_seen) VALUES (?, ?, ?)",
+                         [(s, c, t) for (s, c), t in self._known_checks.items()])
+        if self._carry.heartbeat is not None:
+            conn.execute("INSERT INTO meta (key, value) VALUES ('heartbeat', ?) "
+                         "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (self._carry.heartbeat,))
+
+    def _retention_step(self, conn: sqlite3.Connection) -> None:
+        mono = time.monotonic()
+        if mono < self._retention_due:
+            return
+        now = self._retention_now(mono)
         cur = conn.execute(
             "DELETE FROM results WHERE rowid IN "
             "(SELECT rowid FROM results WHERE ts < ? ORDER BY ts LIMIT ?)",
-            (cutoff, self.retention_step))
+            (now - self.results_retention, self.retention_step))
         # Nothing (or little) left to delete: look again in a minute, not every cycle.
-        self._retention_due = now + (0 if cur.rowcount >= self.retention_step else 60.0)
+        self._retention_due = mono + (0 if cur.rowcount >= self.retention_step else self.retention_every)
+
+    def _retention_now(self, mono: float) -> float:
+        """The time retention deletes by: the clock, but never further ahead of its last
+        run than the time that passed plus one step (see module doc)."""
+        wall = self.clock()
+        last = self._retention_clock
+        if last is not None:
+            passed = last[0] + (mono - last[1])
+            if wall > passed + self.retention_every:
+                if not self._retention_refused:
+                    self._retention_refused = True
+                    log.warning("retention: the clock jumped %s ahead of the time that passed; results are "
+                                "deleted by the time that passed, not by the clock, until the next start",
+                                format_duration(wall - passed))
+                wall = passed
+        self._retention_clock = (wall, mono)
+        return wall
 
     def _storage_error(self, e: BaseException) -> None:
         self.errors += 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
 from helpers import make_config
@@ -141,8 +141,10 @@ class MemorySink:
     def add_result(self, result: ProbeResult) -> None:
         pass
 
-    async def write(self, events: Sequence[Event]) -> None:
+    async def write(self, events: Sequence[Event], on_commit: Callable[[], None] | None = None) -> None:
         self.events.extend(events)
+        if on_commit is not None:
+            on_commit()
 
 
 def result(check: str, t: float, reason: Reason = Reason.OK, degraded: bool = False) -> ProbeResult:
@@ -202,10 +204,10 @@ class SlowSink(MemorySink):
         super().__init__()
         self.commits = 0
 
-    async def write(self, events: Sequence[Event]) -> None:
+    async def write(self, events: Sequence[Event], on_commit: Callable[[], None] | None = None) -> None:
         await asyncio.sleep(0.02)
         self.commits += 1
-        await super().write(events)
+        await super().write(events, on_commit)
 
 
 def test_slow_commits_are_batched_and_keep_order() -> None:

@@ -22,7 +22,7 @@ from monitor.outage import GapClosed, GapOpened, State, StateChanged, WindowClos
 from monitor.pipeline import Pipeline
 from monitor.reasons import Reason
 from monitor.result import ProbeResult
-from monitor.rollup import UNKNOWN
+from monitor.status import UNKNOWN
 
 T0 = 1_800_000_000.0
 
