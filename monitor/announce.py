@@ -3,10 +3,11 @@
 The pipeline hands every committed event here after LiveState has applied it.
 
 * One log line when a check's window opens or closes, or a check loses or regains
-  sight; a service's own windows and status changes always get their line. When many
-  checks of one service change at once (a mass outage of 3,000 checks), a service's
-  first `BURST` lines in `PERIOD` seconds are logged one by one and the rest are
-  counted into one summary line per service per period, with the reasons.
+  sight, or a service's status changes; a service's own windows always get theirs.
+  When many change at once (3,000 checks of one service, or 500 services), the first
+  lines of a period (`PERIOD` seconds; at most `BURST` of one service and `BURST_ALL`
+  in all) are logged one by one and the rest are counted: one summary line per
+  service per period, with the reasons.
 * A service-level window is handed to the receivers (webhooks, notify targets) once
   it cannot turn out shorter than one probe interval: its start and end are back-dated
   from the checks' windows, and two checks' windows a moment apart would otherwise
@@ -31,6 +32,7 @@ from monitor.units import format_duration
 log = logging.getLogger("aipulse")
 
 BURST = 10  # a service's lines logged one by one per period before they are counted
+BURST_ALL = 50  # lines of all services logged one by one per period
 PERIOD = 10.0  # seconds a summary line covers
 
 
@@ -57,19 +59,22 @@ SUMMARY_WORDS = {
     "degraded closed": "degraded windows ended",
     "unknown": "checks became unknown",
     "seen": "checks were seen again",
+    "status": "changes of the service's status",
 }
 
 
 class MassLog:
-    """Per-service log lines: `burst` one by one per `period`, the rest summed up in one
-    line per service at the end of the period. A period that had to count makes the
-    next one count from its first line (the mass goes on: one line per period)."""
+    """Log lines by service: `burst` of a service and `burst_all` in all one by one per
+    `period`, the rest summed up in one line per service at the end of its period. A
+    service whose period had to count counts from the first line of its next one (the
+    mass goes on: one line per period)."""
 
-    def __init__(self, burst: int = BURST, period: float = PERIOD,
+    def __init__(self, burst: int = BURST, period: float = PERIOD, burst_all: int = BURST_ALL,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
-        self.burst, self.period, self.monotonic = burst, period, monotonic
+        self.burst, self.burst_all, self.period, self.monotonic = burst, burst_all, period, monotonic
         self._budgets: dict[str, _Budget] = {}
         self._mass: set[str] = set()  # services whose last period had to count
+        self._all: tuple[float, int] = (float("-inf"), 0)  # (period end, lines logged) of all services
         self._timer: asyncio.TimerHandle | None = None
 
     def line(self, service: str, what: str, reason: str, at: float, level: int, msg: str,
@@ -85,10 +90,15 @@ class MassLog:
             if service in self._mass:
                 budget.logged = self.burst
             self._arm(now)
-        if budget.logged < self.burst:
+        until, logged = self._all
+        if now >= until:
+            until, logged = now + self.period, 0
+        if budget.logged < self.burst and logged < self.burst_all:
             budget.logged += 1
+            self._all = (until, logged + 1)
             log.log(level, msg, *args)
             return
+        self._all = (until, logged)
         budget.counted[what] += 1
         budget.reasons.setdefault(what, Counter())[reason] += 1
         budget.first = at if budget.first is None else min(budget.first, at)
@@ -169,6 +179,10 @@ class Announcer:
     def check_line(self, service: str, what: str, reason: str, at: float, msg: str, *args: object) -> None:
         """A check's state line (unknown, seen again), counted with its service's lines."""
         self.mass.line(service, what, reason, at, logging.INFO, msg, *args)
+
+    def service_line(self, service: str, status: str, at: float, msg: str, *args: object) -> None:
+        """A service's status change, counted with its lines when many come at once."""
+        self.mass.line(service, "status", status, at, logging.INFO, msg, *args)
 
     def service_window(self, event: WindowOpened | WindowClosed) -> None:
         """A service window's open is announced once the window cannot turn out shorter

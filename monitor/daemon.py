@@ -174,7 +174,8 @@ class Daemon:
         vendor_client = statuspage.new_client()
         down.on_exit("vendor pages' client", vendor_client.aclose)
         self.poller = statuspage.StatusPagePoller(self._vendor_pages(cfg), vendor_client,
-                                                  interval=cfg.status_page_interval, on_update=self._vendor_update)
+                                                  interval=cfg.status_page_interval,
+                                                  on_update=self._vendor_update)
         down.on_exit("vendor writes", lambda: asyncio.gather(*self._vendor_writes, return_exceptions=True))
         down.on_exit("vendor pages", self.poller.stop)
         self.scheduler = Scheduler(

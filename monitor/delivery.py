@@ -386,7 +386,8 @@ class Notifications:
         self.targets.publish(event)
 
     async def set_webhooks(self, webhooks: Any) -> None:
-        """A reload changed `notify.webhooks`: the old notifier finishes (up to 2 s), the new one takes over."""
+        """A reload changed `notify.webhooks`: the old notifier finishes (up to 2 s), the
+        new one takes over."""
         if self.webhooks is not None:
             await self.webhooks.aclose(timeout=2.0)
         self.webhooks = webhooks

@@ -137,7 +137,8 @@ class CheckStats:
             self._prune(window.end or window.start)
         self.version += 1
 
-    def availability(self, now: float, gaps: list[Interval], maintenance: list[Interval]) -> dict[str, float | None]:
+    def availability(self, now: float, gaps: list[Interval],
+                     maintenance: list[Interval]) -> dict[str, float | None]:
         """Availability per window at `now` (computed; nothing is kept)."""
         # Observed time starts when the state was first known: before that (no result
         # yet, or only results that tell nothing) it has no value, not 100 %.
@@ -152,10 +153,15 @@ class CheckStats:
         """Forget spans that ended before the longest availability window (on the
         event path, never by a reader)."""
         horizon = now - max(WINDOWS.values())
-        if self.down_spans and self.down_spans[0][1] is not None and self.down_spans[0][1] <= horizon:
+        if _ended_before(self.down_spans, horizon):
             self.down_spans = [s for s in self.down_spans if s[1] is None or s[1] > horizon]
-        if self.unknown_spans and self.unknown_spans[0][1] is not None and self.unknown_spans[0][1] <= horizon:
+        if _ended_before(self.unknown_spans, horizon):
             self.unknown_spans = [s for s in self.unknown_spans if s[1] is None or s[1] > horizon]
+
+
+def _ended_before(spans: list[Interval], horizon: float) -> bool:
+    """Did the oldest of `spans` (in time order) end before `horizon`?"""
+    return bool(spans) and spans[0][1] is not None and spans[0][1] <= horizon  # type: ignore[operator]
 
 
 _ALL_UP = dict.fromkeys(WINDOWS, 1.0)

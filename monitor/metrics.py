@@ -14,7 +14,6 @@ prometheus_client.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client.core import Metric
@@ -265,11 +264,13 @@ class _CheckText:
             speed, gap = last.output_tokens_per_second, last.stream_max_gap
             text[F.PROBE_SUCCESS] = f"{F.PROBE_SUCCESS.name}{base} {_ONE if last.success else _ZERO}\n"
             text[F.PROBE_PHASE] = "".join(f"{F.PROBE_PHASE.name}{self.mid('phase', name)} "
-                                          f"{floatToGoString(last.phases.get(name, 0.0))}\n" for name in PHASES)
+                                          f"{floatToGoString(last.phases.get(name, 0.0))}\n"
+                                          for name in PHASES)
             text[F.PROBE_STATUS] = f"{F.PROBE_STATUS.name}{base} {_num(last.status_code)}\n"
             if last.cert_expiry is not None:
                 text[F.PROBE_CERT] = f"{F.PROBE_CERT.name}{base} {floatToGoString(last.cert_expiry)}\n"
-            text[F.PROBE_STEP] = "".join(f"{F.PROBE_STEP.name}{self.end('step', step)} {floatToGoString(seconds)}\n"
+            text[F.PROBE_STEP] = "".join(f"{F.PROBE_STEP.name}{self.end('step', step)} "
+                                         f"{floatToGoString(seconds)}\n"
                                          for step, seconds in last.steps.items())
             if speed is not None:
                 text[F.PROBE_SPEED] = f"{F.PROBE_SPEED.name}{base} {floatToGoString(speed)}\n"
@@ -290,7 +291,8 @@ class _CheckText:
             F.OUTAGES: f"{F.OUTAGES.name}_total{base} {_num(stats.outages_opened)}\n",
         }
         if last_down is not None:
-            text[F.OUTAGE_LAST_START] = f"{F.OUTAGE_LAST_START.name}{base} {floatToGoString(last_down.start)}\n"
+            text[F.OUTAGE_LAST_START] = (f"{F.OUTAGE_LAST_START.name}{base} "
+                                         f"{floatToGoString(last_down.start)}\n")
         if closed is not None and closed.end is not None:
             text[F.OUTAGE_LAST_DURATION] = (f"{F.OUTAGE_LAST_DURATION.name}{base} "
                                             f"{floatToGoString(closed.end - closed.start)}\n")
@@ -431,7 +433,8 @@ class _Exposition:
             cached = statuses.get(sid)
             if cached is None or cached[0] != sstats.status:
                 cached = statuses[sid] = (sstats.status, "".join(
-                    f'{F.SERVICE_STATUS.name}{{location="{_esc(loc)}",service="{_esc(sid)}",status="{name}"}} '
+                    f'{F.SERVICE_STATUS.name}{{location="{_esc(loc)}",service="{_esc(sid)}",'
+                    f'status="{name}"}} '
                     f"{_ONE if sstats.status == name else _ZERO}\n" for name in SERVICE_STATUSES).encode())
             parts.append(cached[1])
         if len(statuses) > len(live.services):

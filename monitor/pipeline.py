@@ -428,7 +428,7 @@ class Pipeline:
         live.apply(event)
         if isinstance(event, StateChanged):
             if not (event.state == UNKNOWN and live.monitor_offline):  # the gap's line says it
-                log.info("%s is %s", event.service, event.state)
+                say.service_line(event.service, event.state, event.at, "%s is %s", event.service, event.state)
         elif isinstance(event, WindowUpdated):
             if event.window.check is None:
                 say.service_window_updated(WindowOpened(event.window))

@@ -248,7 +248,7 @@ class _Carry:
 
     windows: dict[tuple[str, str, str, float], OutageWindow] = field(default_factory=dict)  # open ones
     gaps: dict[tuple[float, str], Gap] = field(default_factory=dict)  # open ones
-    states: dict[tuple[str, str], StateChanged] = field(default_factory=dict)  # latest, per check ('' = service)
+    states: dict[tuple[str, str], StateChanged] = field(default_factory=dict)  # latest; check '': service
     heartbeat: float | None = None
 
     def follow(self, e: Event) -> None:
