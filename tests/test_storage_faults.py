@@ -1,6 +1,8 @@
 """The database stops accepting writes while the daemon runs: probing and /metrics go
 on, the error is logged once (not once per failed write), counted in
-aipulse_storage_errors_total, and the history catches up when storage returns.
+aipulse_storage_errors_total, and the history catches up when storage returns. An
+outage decided meanwhile is not shown or announced until it is written (a crash
+would lose it): then it is, in order, opened and closed.
 
 The fault is real and needs neither root nor a mount: the daemon's RLIMIT_FSIZE is set
 to 0 (prlimit(2) on the running process), so every write(2) it makes to a regular file
@@ -79,6 +81,10 @@ def probes(daemon: RunningDaemon) -> float:
     return sum(v for (name, _), v in daemon.samples().items() if name == "aipulse_probes_total")
 
 
+def probes_of(daemon: RunningDaemon, check: str, reason: str) -> float:
+    return daemon.value("aipulse_probes_total", service="svc", check=check, reason=reason) or 0.0
+
+
 def results_in_db(db: Path) -> int:
     conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
     try:
@@ -103,17 +109,24 @@ def test_writes_failing_keep_probing_and_metrics_then_catch_up(target: Target, t
         t_fault = time.monotonic()
         before = probes(daemon)
         target.mode["storage"] = "500"
-        wait_for(lambda: "svc/flap: outage since" in daemon.log.read_text(), timeout=10)
-        assert daemon.value("aipulse_outage_active", service="svc", check="flap") == 1  # shown anyway
+        wait_for(lambda: "storage error on" in daemon.log.read_text(), timeout=10)
+        failing = probes_of(daemon, "flap", "http_5xx")
+        wait_for(lambda: probes_of(daemon, "flap", "http_5xx") >= failing + 4, timeout=10)  # open_after 2
+        # Decided, but its write failed: not shown, not announced.
+        assert daemon.value("aipulse_outage_active", service="svc", check="flap") == 0
+        assert daemon.value("aipulse_check_state", service="svc", check="flap", state="up") == 1
+        assert "svc/flap: outage" not in daemon.log.read_text()
         target.mode["storage"] = "ok"
-        wait_for(lambda: "svc/flap: outage over after" in daemon.log.read_text(), timeout=10)
+        good = probes_of(daemon, "flap", "ok")
+        wait_for(lambda: probes_of(daemon, "flap", "ok") >= good + 4, timeout=10)  # close_after 2
         # The counter is refreshed with the heartbeat (every 5 s).
         wait_for(lambda: (daemon.value("aipulse_storage_errors_total") or 0) >= 3, timeout=15)
         failed_for = time.monotonic() - t_fault
         during = probes(daemon) - before
         assert during >= 2 * failed_for / 0.3 * 0.5, (during, failed_for)  # both checks kept probing
-        assert query_windows(db) == []  # nothing reached the database
+        assert query_windows(db) == []  # nothing reached the database ...
         log = daemon.log.read_text()
+        assert "svc/flap: outage" not in log  # ... and nothing was said of it
         assert log.count("storage error on") == 1, log  # once, not once per failed write
         assert "Traceback" not in log
 
@@ -124,6 +137,12 @@ def test_writes_failing_keep_probing_and_metrics_then_catch_up(target: Target, t
         wait_for(lambda: results_in_db(db) >= counted, timeout=10)  # the held results too
         # logged by the writer right after that commit; the log reaches us through a pipe
         wait_for(lambda: "storage works again" in daemon.log.read_text(), timeout=5)
+        # Written, so now published, in the order decided: opened, then over.
+        wait_for(lambda: "svc/flap: outage over after" in daemon.log.read_text(), timeout=5)
+        log = daemon.log.read_text()
+        assert log.index("svc/flap: outage since") < log.index("svc/flap: outage over after")
+        assert daemon.value("aipulse_outages_total", service="svc", check="flap") == 1
+        assert daemon.value("aipulse_outage_active", service="svc", check="flap") == 0
         assert daemon.get("/metrics").status_code == 200
 
     [window] = windows
