@@ -156,7 +156,7 @@ class History:
 
     open_windows: list[OutageWindow] = field(default_factory=list)  # end is None
     windows: list[OutageWindow] = field(default_factory=list)  # overlapping [since, now], by start
-    transitions: list[StateChanged] = field(default_factory=list)  # at >= since, ascending
+    transitions: list[StateChanged] = field(default_factory=list)  # ascending: last before since, then all
     gaps: list[Gap] = field(default_factory=list)  # overlapping [since, now], by start
     first_seen: dict[tuple[str, str], float] = field(default_factory=dict)
     heartbeat: float | None = None  # None for a new database
@@ -195,7 +195,14 @@ def _read_history(conn: sqlite3.Connection, since: float) -> History:
         f"SELECT {_WINDOW_COLS} FROM windows WHERE end_ts IS NULL OR end_ts >= ? "
         "ORDER BY start_ts, id", (since,))]
     h.open_windows = [w for w in h.windows if w.end is None]
-    h.transitions = [
+    # Each check's state as the history begins (its latest change before `since`), then
+    # every change since: replayed, they give the state timeline from `since` on.
+    h.transitions = sorted((
+        StateChanged(service, _check_val(check_id), state, ts)
+        for service, check_id, ts, state in conn.execute(
+            "SELECT service, check_id, max(ts), state FROM transitions WHERE ts < ? "
+            "GROUP BY service, check_id", (since,))
+    ), key=lambda t: t.at) + [
         StateChanged(service, _check_val(check_id), state, ts)
         for service, check_id, ts, state in conn.execute(
             "SELECT service, check_id, ts, state FROM transitions WHERE ts >= ? "

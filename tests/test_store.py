@@ -110,10 +110,12 @@ async def test_events_round_trip_across_reopen(tmp_path: Path) -> None:
     assert h.gaps == [Gap(120.0, 130.0, "not_running"), Gap(400.0, None, "offline")]
     assert h.heartbeat == 555.5
 
-    # `since` bounds what is replayed: closed things before it are left out, open ones stay.
+    # `since` bounds what is replayed: closed things before it are left out, open ones
+    # stay; of the transitions before it, each check's latest (its state as `since` begins).
     h = await reopen(db, since=260.0)
     assert h.windows == [still_open, service_level] == h.open_windows
-    assert h.transitions == []
+    assert h.transitions == [StateChanged("svc", "api", "down", 110.0),
+                             StateChanged("svc", None, "partial_outage", 111.0)]
     assert h.gaps == [Gap(400.0, None, "offline")]
 
 
