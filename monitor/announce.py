@@ -2,9 +2,8 @@
 
 The pipeline hands every committed event here after LiveState has applied it.
 
-* One log line when a check's window opens or closes, or a check loses or regains
-  sight, or a service's status changes; a service's own windows always get theirs.
-  When many change at once (3,000 checks of one service, or 500 services), the first
+* One log line when a window opens or closes, a check loses or regains sight, or a
+  service's status changes. When many change at once (3,000 checks of one service, or 500 services), the first
   lines of a period (`PERIOD` seconds; at most `BURST` of one service and `BURST_ALL`
   in all) are logged one by one and the rest are counted: one summary line per
   service per period, with the reasons.
@@ -60,6 +59,10 @@ SUMMARY_WORDS = {
     "unknown": "checks became unknown",
     "seen": "checks were seen again",
     "status": "changes of the service's status",
+    "service down opened": "service outage began",
+    "service down closed": "service outage ended",
+    "service degraded opened": "service degraded window began",
+    "service degraded closed": "service degraded window ended",
 }
 
 
@@ -219,7 +222,10 @@ class Announcer:
         self.mass.flush()
 
     def _announce(self, event: WindowOpened | WindowClosed) -> None:
-        log.warning(*window_line(event))
+        w = event.window
+        what = f"service {w.kind} {'opened' if isinstance(event, WindowOpened) else 'closed'}"
+        at = w.start if isinstance(event, WindowOpened) else (w.end or w.start)
+        self.mass.line(w.service, what, w.reason, at, logging.WARNING, *window_line(event))
         if self.notifier is not None:
             self.notifier.publish(event)
 

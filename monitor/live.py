@@ -226,9 +226,10 @@ class LiveState:
         self.ready = False
         self.notifications: dict[str, TargetStats] = {}  # notify.targets by name
         self.checks_skipped = 0  # checks of the config left out for a missing key
-        # Told the key of each check with a new result (monitor.metrics renders these in
-        # the background, so a scrape finds them ready; what it keeps is its own).
-        self.on_record: list[Callable[[tuple[str, str]], None]] = []
+        # Told the key of each check with a new result or a new state (monitor.metrics
+        # renders these in the background, so a scrape finds them ready; what it keeps
+        # is its own).
+        self.on_change: list[Callable[[tuple[str, str]], None]] = []
 
     def set_services(self, services: tuple[ServiceConfig, ...]) -> None:
         """Adopt a config's services and checks; known ones keep their state, removed
@@ -248,8 +249,7 @@ class LiveState:
         stats = self.checks.get((result.service, result.check))
         if stats is not None:  # a result for a check removed by a reload is dropped
             stats.record(result)
-            for tell in self.on_record:
-                tell(stats.check.key)
+            self._changed(stats.check.key)
         return stats
 
     def apply(self, event: Event) -> None:
@@ -260,6 +260,7 @@ class LiveState:
                     sstats.status = event.state
             elif (stats := self.checks.get((event.service, event.check))) is not None:
                 stats.set_state(State(event.state), event.at, event.why)
+                self._changed(stats.check.key)
         elif isinstance(event, (WindowOpened, WindowClosed, WindowUpdated)):
             w = event.window
             if w.check is None:
@@ -275,6 +276,7 @@ class LiveState:
                 elif stats.window is not None and stats.window.start == w.start:
                     stats.window = w
                     stats.version += 1
+                self._changed(stats.check.key)
         elif isinstance(event, GapOpened):
             self.gaps.append(event.gap)
             self.gaps_version += 1
@@ -284,6 +286,10 @@ class LiveState:
                          and (g.end is None or g.end > horizon)]
             self.gaps.append(event.gap)
             self.gaps_version += 1
+
+    def _changed(self, key: tuple[str, str]) -> None:
+        for tell in self.on_change:
+            tell(key)
 
     def replay(self, events: Iterable[Event], first_seen: dict[tuple[str, str], float] | None = None,
                since: float = float("-inf")) -> None:

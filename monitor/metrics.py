@@ -14,6 +14,7 @@ prometheus_client.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client.core import Metric
@@ -184,7 +185,8 @@ class AipulseCollector(Collector):
 
 WARM_EVERY = 1.0  # seconds between background renders of checks with new results
 WARM_SLICE = 200  # checks rendered between two yields to the event loop
-RENDER_SLICE = 1000  # checks a scrape joins between two yields to the event loop
+RENDER_SLICE = 1000  # checks a scrape joins between two yields to the event loop (at most)
+RENDER_TURN = 0.01  # seconds a scrape renders before it yields to the event loop (at most, roughly)
 Encoder = Callable[[Collector], bytes]
 
 
@@ -323,7 +325,7 @@ class _Exposition:
         self.statuses: dict[str, tuple[str, bytes]] = {}
         self._warmer: asyncio.Task[None] | None = None
         self.changed: set[tuple[str, str]] = set()  # checks with a new result, not yet rendered
-        collector.live.on_record.append(self.changed.add)
+        collector.live.on_change.append(self.changed.add)
 
     def headers(self, encoder: Encoder, openmetrics: bool) -> list[bytes]:
         """HELP/TYPE lines of each per-check family (and the service status), as
@@ -350,22 +352,41 @@ class _Exposition:
             text.probe_key = probe_key
         return text
 
+    def _render(self, key: tuple[str, str], stats: CheckStats, now: float, gaps: list[Interval],
+                maintenance: dict[str, list[Interval]]) -> _CheckText:
+        """The check's text, every family of it brought up to date."""
+        text = self._probe_text(key, stats)
+        outage_key = (stats.state, stats.window, stats.outages_opened, stats.last_down,
+                      stats.last_closed_down)
+        if outage_key != text.outage_key:
+            text.render_outages(stats)
+            text.outage_key = outage_key
+        values = self.collector.availability(key, stats, now, gaps, maintenance.get(key[0], []))
+        if values is not text.availability:
+            text.render_ratio(values)
+            text.availability = values
+        return text
+
     async def _warm(self) -> None:
-        """Render checks with new results as they come, a slice at a time between
-        probes, so a scrape mostly joins text that is ready (at 10,000 checks it
-        would otherwise render ~5,000 checks at once, blocking probes meanwhile)."""
-        live = self.collector.live
+        """Render checks with new results or a new state as they come, a slice at a time
+        between probes, so a scrape mostly joins text that is ready (at 10,000 checks it
+        would otherwise render ~5,000 checks at once, blocking probes meanwhile; after
+        a mass outage, every check's state lines and availability at once)."""
+        collector = self.collector
+        live = collector.live
         while True:
             await asyncio.sleep(WARM_EVERY)
             if self._warmer is not asyncio.current_task():
                 return  # replaced (another event loop)
             changed = self.changed
             while changed:
+                now = live.now()
+                gaps, maintenance = collector.unknown_spans(now)
                 for _ in range(min(WARM_SLICE, len(changed))):
                     key = changed.pop()
                     stats = live.checks.get(key)
                     if stats is not None:
-                        self._probe_text(key, stats)
+                        self._render(key, stats, now, gaps, maintenance)
                 await asyncio.sleep(0)
 
     def _start_warmer(self) -> None:
@@ -399,21 +420,13 @@ class _Exposition:
         gaps, maintenance = collector.unknown_spans(now)
         order: list[_CheckText] = []
         self.changed.clear()  # all rendered below
+        turn = time.perf_counter() + RENDER_TURN
         # A snapshot: a reload may change the checks while this yields.
         for n, (key, stats) in enumerate(list(live.checks.items()), 1):
-            if n % RENDER_SLICE == 0:
+            if n % RENDER_SLICE == 0 or (n % 64 == 0 and time.perf_counter() > turn):
                 yield
-            text = self._probe_text(key, stats)
-            outage_key = (stats.state, stats.window, stats.outages_opened, stats.last_down,
-                          stats.last_closed_down)
-            if outage_key != text.outage_key:
-                text.render_outages(stats)
-                text.outage_key = outage_key
-            values = collector.availability(key, stats, now, gaps, maintenance.get(key[0], []))
-            if values is not text.availability:
-                text.render_ratio(values)
-                text.availability = values
-            order.append(text)
+                turn = time.perf_counter() + RENDER_TURN
+            order.append(self._render(key, stats, now, gaps, maintenance))
         if len(self.texts) > len(live.checks):  # checks removed by a reload
             self.texts = {k: v for k, v in self.texts.items() if k in live.checks}
         collector.forget_removed()

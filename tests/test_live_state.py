@@ -39,7 +39,7 @@ def state(value: Any) -> Any:
         return {f.name: state(getattr(value, f.name)) for f in dataclasses.fields(value)
                 if f.name not in ("check", "service")}  # (the configs: not state)
     if hasattr(value, "__dict__") and not callable(value):
-        return {k: state(v) for k, v in vars(value).items() if k not in ("now", "on_record")}
+        return {k: state(v) for k, v in vars(value).items() if k not in ("now", "on_change")}
     return value
 
 
