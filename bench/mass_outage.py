@@ -168,8 +168,12 @@ def run_layout(args: argparse.Namespace, checks: int, services: int, tmp: Path) 
                 break
             time.sleep(1)
         calm = Poller(f"{base}/healthz", 0.1, 5.0)
-        time.sleep(5)
+        calm_scrapes = []
+        for _ in range(5):
+            calm_scrapes.append(scrape(base)[0])
+            time.sleep(1)
         out["healthz_calm_max"] = fmt(calm.stop())
+        out["metrics_calm_max"] = fmt(calm_scrapes)
 
         # 2. every check fails at once
         down.touch()

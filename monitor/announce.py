@@ -32,7 +32,7 @@ log = logging.getLogger("aipulse")
 
 BURST = 10  # a service's lines logged one by one per period before they are counted
 BURST_ALL = 50  # lines of all services logged one by one per period
-PERIOD = 10.0  # seconds a summary line covers
+PERIOD = 60.0  # seconds a summary line covers (a mass outage unfolds over a few intervals)
 
 
 class Publisher(Protocol):
