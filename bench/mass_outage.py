@@ -157,7 +157,7 @@ def run_layout(args: argparse.Namespace, checks: int, services: int, tmp: Path) 
                             checks_per_service=checks // services)
         base = f"http://{listen}"
         log1, log2 = tmp / f"mass-{checks}-{services}-1.log", tmp / f"mass-{checks}-{services}-2.log"
-        proc = common.start_aipulse(cfg, src=args.src, log_path=log1)
+        proc = common.start_aipulse(cfg, src=args.src, loop=args.loop, log_path=log1)
         t0 = time.monotonic()
         common.wait_http(f"{base}/readyz", timeout=120, proc=proc)
         out["start_s"] = round(time.monotonic() - t0, 2)
@@ -204,7 +204,7 @@ def run_layout(args: argparse.Namespace, checks: int, services: int, tmp: Path) 
         out["log_window_lines_first_run"] = len(re.findall(r": outage since ", text))
 
         # 4. restart on the same database, 5. recovery
-        proc = common.start_aipulse(cfg, src=args.src, log_path=log2)
+        proc = common.start_aipulse(cfg, src=args.src, loop=args.loop, log_path=log2)
         t0 = time.monotonic()
         common.wait_http(f"{base}/readyz", timeout=120, proc=proc)
         out["restart_s"] = round(time.monotonic() - t0, 2)
@@ -237,6 +237,8 @@ def main() -> None:
     p.add_argument("--interval", default="10s")
     p.add_argument("--hosts", type=int, default=50, help="target addresses 127.0.0.1..N (default 50)")
     p.add_argument("--src", default=None, help="run the aipulse of this checkout (before/after figures)")
+    p.add_argument("--loop", choices=["uvloop", "asyncio"], default=None,
+                   help="the daemon's event loop (AIPULSE_LOOP; default: what `aipulse run` picks)")
     p.add_argument("--json", type=Path, help="also write the figures as JSON here")
     p.add_argument("--max-load", type=float, default=0.0, help="wait until the 1-minute load is below this")
     args = p.parse_args()
@@ -244,7 +246,7 @@ def main() -> None:
     if args.max_load:
         common.wait_for_load(args.max_load, 600)
     print(f"machine: {common.machine()}; load average at start: {common.loadavg():.2f}")
-    print(f"aipulse: {args.src or 'installed'}")
+    print(f"aipulse: {args.src or 'installed'}, loop: {args.loop or 'default'}")
     results = []
     with tempfile.TemporaryDirectory(prefix="aipulse-bench-mass-") as tmp:
         for checks, services in layouts:

@@ -403,11 +403,6 @@ class Pipeline:
         except StorageError as exc:  # the store keeps them queued and retries
             log.debug("storing %d events failed: %s; published once written", len(events), exc)
 
-    @property
-    def unpublished(self) -> int:
-        """Events decided but not yet committed (so not yet shown or announced)."""
-        return sum(len(e[0]) for e in self._unpublished)  # type: ignore[arg-type]
-
     def _drain(self) -> None:
         while self._unpublished and self._unpublished[0][1]:
             events = self._unpublished.popleft()[0]
