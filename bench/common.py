@@ -264,7 +264,7 @@ def start_aipulse(config: Path, *, src: str | None = None, loop: str | None = No
 
     `src`: a checkout to run instead of the installed package (before/after figures);
     `loop`: "uvloop" or "asyncio" to choose the event loop (AIPULSE_LOOP; default:
-    whatever `aipulse run` itself picks, uvloop when installed); `preexec_fn` runs in
+    whatever `aipulse run` itself picks: asyncio); `preexec_fn` runs in
     the child first (resource limits).
     """
     # the aipulse installed beside this Python (`.venv/bin/python bench/...`), else PATH's

@@ -197,7 +197,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"web_config: {exc}", file=sys.stderr)
             return 2
     try:
-        factory = event_loop.loop_factory()  # uvloop when installed, or as AIPULSE_LOOP says
+        factory = event_loop.loop_factory()  # asyncio's, or uvloop if AIPULSE_LOOP says so
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 2

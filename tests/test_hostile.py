@@ -34,7 +34,9 @@ from monitor.probes import Prober
 from monitor.probes.net import PlainConn
 from monitor.reasons import Reason
 
-TIMEOUT = 1.5  # the probe deadline in these tests
+TIMEOUT = 1.5  # the probe deadline where the behaviour is to hold the probe until its deadline
+PATIENT = 6.0  # the deadline elsewhere: the reason is what matters, and a busy machine's
+# slow TLS handshake to a test server must not turn body_too_large into timeout
 SLACK = 0.5  # the bound: deadline + 0.5 s
 MAX_TRACED = 8 << 20  # bytes: a probe may hold its 1 MiB body cap and little else
 
@@ -124,7 +126,8 @@ async def test_hostile_behaviour_ends_in_its_reason_within_the_deadline(
     if kind == "stream":
         reason, detail = STREAM_CASES.get(case, (reason, detail))
     url = url_for(request, server, where)
-    check = one_request_check(kind, url, timeout=f"{TIMEOUT}s", max_body_bytes="1MiB")
+    deadline = TIMEOUT if reason is Reason.TIMEOUT else PATIENT
+    check = one_request_check(kind, url, timeout=f"{deadline}s", max_body_bytes="1MiB")
     prober = Prober(ssl_context=client_ssl)  # trusts the test CA: only the flaw under test fails
     tracemalloc.start()
     try:
@@ -139,7 +142,7 @@ async def test_hostile_behaviour_ends_in_its_reason_within_the_deadline(
     assert detail in result.detail, result.detail
     assert not result.internal
     assert (result.detail == "") is (reason is Reason.OK)
-    assert elapsed <= TIMEOUT + SLACK, elapsed
+    assert elapsed <= deadline + SLACK, elapsed
     said = result.detail.removeprefix("step one: ") if kind == "flow" else result.detail
     if kind == "flow" and reason is not Reason.OK:
         assert result.step == "one" and result.detail.startswith("step one: ")

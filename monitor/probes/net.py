@@ -264,11 +264,21 @@ async def start_tls(sock: socket.socket, context: ssl.SSLContext, server_name: s
     """TLS over the connected `sock` (which it then owns); phase tls."""
     loop = asyncio.get_running_loop()
     conn = TLSConn()
+    try:
+        await loop.create_connection(lambda: conn, sock=sock)
+    except BaseException:
+        sock.close()
+        raise
     trace.stage = IN_TLS
     began = time.perf_counter()
     try:
-        await loop.create_connection(lambda: conn, sock=sock, ssl=context, server_hostname=server_name,
-                                     ssl_handshake_timeout=86400.0, ssl_shutdown_timeout=5.0)
+        # start_tls, not create_connection(ssl=...): under uvloop the latter logs every
+        # refused handshake (an expired certificate is a probe result, not our error).
+        assert conn.transport is not None
+        transport = await loop.start_tls(conn.transport, conn, context, server_hostname=server_name,
+                                         ssl_handshake_timeout=86400.0, ssl_shutdown_timeout=5.0)
+        if transport is None:
+            raise ConnectionAbortedError("closed during the TLS handshake")
     except BaseException as exc:
         conn.close()
         sock.close()
@@ -280,8 +290,8 @@ async def start_tls(sock: socket.socket, context: ssl.SSLContext, server_name: s
         raise
     finally:
         trace.add("tls", time.perf_counter() - began)
-    assert conn.transport is not None
-    trace.cert_expiry = chain_expiry(conn.transport.get_extra_info("ssl_object"))
+    conn.transport = transport  # type: ignore[assignment]
+    trace.cert_expiry = chain_expiry(transport.get_extra_info("ssl_object"))
     return conn
 
 
