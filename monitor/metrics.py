@@ -186,7 +186,7 @@ class AipulseCollector(Collector):
 WARM_EVERY = 1.0  # seconds between background renders of checks with new results
 WARM_SLICE = 200  # checks rendered between two yields to the event loop
 RENDER_SLICE = 1000  # checks a scrape joins between two yields to the event loop (at most)
-RENDER_TURN = 0.01  # seconds a scrape renders before it yields to the event loop (at most, roughly)
+RENDER_TURN = 0.025  # seconds a scrape renders before it yields to the event loop (at most, roughly)
 Encoder = Callable[[Collector], bytes]
 
 
