@@ -407,3 +407,65 @@ def test_ip_protocol_asks_dns_for_one_family() -> None:
 async def test_an_ip_literal_of_the_other_family_is_dns() -> None:
     result = await run(make_check("http://127.0.0.1:1/", ip_protocol="ip6"))
     assert (result.reason, result.detail) == (Reason.DNS, "cannot resolve 127.0.0.1: no IPv6 address")
+
+
+# --- many lookups at once ----------------------------------------------------------
+
+
+def _dns_answer(query: bytes) -> bytes:
+    """An A record 127.0.0.1 for the question in `query` (RFC 1035 wire format)."""
+    end = 12
+    while query[end]:
+        end += query[end] + 1
+    question = query[12:end + 5]  # the name, its 0 byte, QTYPE and QCLASS
+    qtype = int.from_bytes(query[end + 1:end + 3], "big")
+    if qtype != 1:  # only A; AAAA and the rest: no answer, no error
+        return query[:2] + b"\x81\x80\x00\x01\x00\x00\x00\x00\x00\x00" + question
+    answer = b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04\x7f\x00\x00\x01"
+    return query[:2] + b"\x81\x80\x00\x01\x00\x01\x00\x00\x00\x00" + question + answer
+
+
+def test_many_lookups_at_once_do_not_queue_behind_a_few_threads(target: Target, tmp_path: Path) -> None:
+    """A resolver that takes 0.6 s per answer, 40 checks on 40 names at once, 2.5 s
+    deadline: each lookup needs a thread while it waits. On the event loop's default
+    executor (6 threads on 2 CPUs) the later lookups queued for seconds and timed out
+    "resolving"; on the probes' own resolver pool all 40 answer together."""
+    import socket
+    import threading
+
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.77", 53))
+    server.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                query, peer = server.recvfrom(512)
+            except OSError:
+                continue
+            threading.Timer(0.6, lambda q=query, p=peer: server.sendto(_dns_answer(q), p)).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("nameserver 127.0.0.77\noptions attempts:1 timeout:3\n")
+    hosts = tmp_path / "hosts"  # nothing from /etc/hosts: every name goes to the resolver
+    hosts.write_text("127.0.0.1 localhost\n")
+    checks = {f"c{i}": {"url": f"http://name{i}.aipulse.test:{target.port}/ok", "timeout": "2500ms",
+                        "ip_protocol": "ip4"} for i in range(40)}
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(json.dumps({"services": {"s": {"checks": checks}}}))
+    script = (f"mount --bind {resolv} /etc/resolv.conf && mount --bind {hosts} /etc/hosts && "
+              f"exec {sys.executable} -m monitor.cli once --json -c {cfg}")
+    try:
+        proc = subprocess.run(["unshare", "--mount", "sh", "-c", script], capture_output=True, text=True,
+                              timeout=60)
+    finally:
+        stop.set()
+        thread.join(5)
+        server.close()
+    results = json.loads(proc.stdout)
+    reasons = {r["check"]: r["reason"] for r in results}
+    assert set(reasons.values()) == {"ok"}, (reasons, [r["detail"] for r in results if r["reason"] != "ok"])
+    assert all(r["phases"]["resolve"] >= 0.55 for r in results)  # every lookup went to the slow resolver
