@@ -28,7 +28,7 @@ import datetime as dt
 import functools
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -462,9 +462,9 @@ async def _history(app: web.Application, now: float, service: str | None = None)
         _READERS, functools.partial(read_history, app[DB_PATH], now, service))
 
 
-def _render(template: str, context: dict[str, Any]) -> str:
+def _render(template: str, context: dict[str, Any]) -> Iterator[str]:
     """A template with plain data (views: no live objects), on the page thread."""
-    return ENV.get_template(template).render(**context)
+    return ENV.get_template(template).generate(**context)
 
 
 def summary(statuses: Sequence[str]) -> dict[str, Any]:

@@ -21,10 +21,10 @@ Built per request on the event loop, four browsers reloading it stalled probing 
 from __future__ import annotations
 
 import asyncio
-import gzip
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+import zlib
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -37,6 +37,7 @@ MAX_AGE = 10.0  # ...or this many seconds old, whichever is less
 MAX_ENTRIES = 256  # pages kept (`/` and one per service); least recently built go first
 SLICE = 0.01  # seconds of building between two yields to the event loop
 PIECE = 16 * 1024  # bytes written at a time
+BATCH = 64 * 1024  # characters of a template's output encoded and gzipped at a time
 SEND_TIMEOUT = 60.0  # seconds for the whole body to leave
 GZIP_LEVEL = 6
 
@@ -46,9 +47,11 @@ _RENDER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aipulse-page")
 
 @dataclass(frozen=True, slots=True)
 class Body:
+    """A built page, kept gzipped only."""
+
     status: int
-    html: bytes  # UTF-8
     gzipped: bytes
+    size: int  # bytes of the HTML (UTF-8) it inflates to
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,15 +61,31 @@ class Page:
     build_seconds: float
 
 
-def _encode(render: Callable[[], str], status: int) -> Body:
-    html = render().encode("utf-8")
-    return Body(status, html, gzip.compress(html, GZIP_LEVEL))
+def gzip_text(pieces: Iterable[str], status: int = 200) -> Body:
+    """Encode (UTF-8) and gzip text as it comes, `BATCH` characters at a time: a
+    template's `generate()` never becomes one string of the whole page."""
+    deflate = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)  # 31: the gzip format
+    out: list[bytes] = []
+    batch: list[str] = []
+    size = pending = 0
+    for piece in (*pieces, None):
+        if piece is not None:
+            batch.append(piece)
+            pending += len(piece)
+            if pending < BATCH:
+                continue
+        data = "".join(batch).encode("utf-8")
+        size += len(data)
+        out.append(deflate.compress(data))
+        batch, pending = [], 0
+    out.append(deflate.flush())
+    return Body(status, b"".join(out), size)
 
 
-async def off_loop(render: Callable[[], str], status: int = 200) -> Body:
-    """`render()` (a template's render with its context: plain data, nothing live)
-    and its gzip, on the page thread."""
-    return await asyncio.get_running_loop().run_in_executor(_RENDER, _encode, render, status)
+async def off_loop(render: Callable[[], Iterable[str]], status: int = 200) -> Body:
+    """`render()` (a template's generate() with its context: plain data, nothing
+    live) gzipped, on the page thread."""
+    return await asyncio.get_running_loop().run_in_executor(_RENDER, lambda: gzip_text(render(), status))
 
 
 class Pacer:
@@ -163,26 +182,25 @@ def accepts_gzip(accept_encoding: str) -> bool:
 
 
 async def send(request: web.Request, body: Body, headers: Mapping[str, str]) -> web.StreamResponse:
-    """Answer with a built page: gzipped when the client accepts it, in pieces written
-    as the client takes them, cut off after `SEND_TIMEOUT`."""
+    """Answer with a built page: gzipped when the client accepts it (else inflated a
+    piece at a time), in pieces written as the client takes them, cut off after
+    `SEND_TIMEOUT`."""
     gzipped = accepts_gzip(request.headers.get("Accept-Encoding", ""))
-    data = body.gzipped if gzipped else body.html
     response = web.StreamResponse(status=body.status, headers=headers)
     response.content_type = "text/html"
     response.charset = "utf-8"
     response.headers["Vary"] = "Accept-Encoding"
     if gzipped:
         response.headers["Content-Encoding"] = "gzip"
-    response.content_length = len(data)
+    response.content_length = len(body.gzipped) if gzipped else body.size
     await response.prepare(request)
     if request.method == "HEAD":
         await response.write_eof()
         return response
-    view = memoryview(data)
     try:
         async with asyncio.timeout(SEND_TIMEOUT):
-            for start in range(0, len(data), PIECE):
-                await response.write(view[start:start + PIECE])
+            for piece in _pieces(body.gzipped) if gzipped else _inflated(body.gzipped):
+                await response.write(piece)
             await response.write_eof()
     except TimeoutError:
         # A reader that takes nothing: let go of it (and of what its buffer holds).
@@ -192,3 +210,18 @@ async def send(request: web.Request, body: Body, headers: Mapping[str, str]) -> 
         pass  # the reader went away mid-page; nothing of ours failed
     return response
 
+
+
+def _pieces(data: bytes) -> Iterable[memoryview]:
+    view = memoryview(data)
+    return (view[start:start + PIECE] for start in range(0, len(data), PIECE))
+
+
+def _inflated(data: bytes) -> Iterable[bytes]:
+    inflate = zlib.decompressobj(31)
+    while not inflate.eof:
+        piece = inflate.decompress(data, PIECE)
+        data = inflate.unconsumed_tail
+        if not piece and not data:
+            break
+        yield piece

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import socket
 import threading
 import time
@@ -157,7 +158,7 @@ async def test_a_send_that_does_not_move_is_cut_off(short_send_timeout: float) -
     """A reader that never reads a 4 MB page is let go after SEND_TIMEOUT: its
     connection is closed, the server goes on."""
     page = bytes(4 << 20)
-    body = Body(200, page, page)
+    body = Body(200, gzip.compress(page), len(page))
 
     async def handler(request: web.Request) -> web.StreamResponse:
         return await send(request, body, {})
@@ -217,13 +218,14 @@ async def test_one_build_for_many_readers_and_reuse_for_ten_times_its_build_time
         nonlocal builds
         builds += 1
         await asyncio.sleep(0.05)
-        return Body(200, f"page {builds}".encode(), b"")
+        return Body(200, gzip.compress(f"page {builds}".encode()), 6)
 
     bodies = await asyncio.gather(*(cache.get("/", build) for _ in range(20)))
-    assert builds == 1 and {b.html for b in bodies} == {b"page 1"}  # one build, everyone gets it
-    assert (await cache.get("/", build)).html == b"page 1"  # reused while fresh
+    # one build, and everyone gets it
+    assert builds == 1 and {gzip.decompress(b.gzipped) for b in bodies} == {b"page 1"}
+    assert gzip.decompress((await cache.get("/", build)).gzipped) == b"page 1"  # reused while fresh
     began = time.monotonic()
-    while (await cache.get("/", build)).html == b"page 1":
+    while gzip.decompress((await cache.get("/", build)).gzipped) == b"page 1":
         await asyncio.sleep(0.01)
     # rebuilt after ten times the build time (0.05 s): not before 0.5 s after the build began
     assert time.monotonic() - began >= 0.35 and builds == 2
@@ -244,13 +246,47 @@ async def test_builds_run_one_at_a_time_and_a_reader_leaving_does_not_cancel_one
         await asyncio.sleep(0.05)
         running -= 1
         done.append(key)
-        return Body(200, key.encode(), b"")
+        return Body(200, gzip.compress(key.encode()), len(key))
 
     impatient = asyncio.create_task(cache.get("/a", lambda: build("/a")))
     await asyncio.sleep(0.01)
     impatient.cancel()  # the only reader goes away
     others = await asyncio.gather(*(cache.get(k, lambda k=k: build(k)) for k in ("/b", "/c", "/d")))
-    assert [b.html for b in others] == [b"/b", b"/c", b"/d"]
+    assert [gzip.decompress(b.gzipped) for b in others] == [b"/b", b"/c", b"/d"]
     assert peak == 1
     await asyncio.sleep(0.1)
     assert "/a" in done  # built all the same: the next reader of /a gets it at once
+
+
+async def test_a_page_is_the_same_gzipped_or_not_and_head_has_no_body() -> None:
+    """Only the gzipped page is kept; a client that does not accept gzip gets it
+    inflated piece by piece, with the right length, byte for byte."""
+    text = [f"<p>line {i} · ünïcode – {'x' * (i % 50)}</p>\n" for i in range(20_000)]
+    body = pagecache.gzip_text(iter(text))
+    html = "".join(text).encode()
+    assert body.size == len(html) and len(body.gzipped) < len(html) // 5
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await send(request, body, {"X-Test": "1"})
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/"  # type: ignore[union-attr]
+    try:
+        async with httpx.AsyncClient() as client:
+            plain = await client.get(url, headers={"Accept-Encoding": "identity"})
+            assert "content-encoding" not in plain.headers
+            assert int(plain.headers["content-length"]) == len(html) and plain.content == html
+            zipped = await client.get(url, headers={"Accept-Encoding": "gzip"})
+            assert zipped.headers["content-encoding"] == "gzip" and zipped.content == html
+            assert int(zipped.headers["content-length"]) == len(body.gzipped)
+            assert zipped.headers["vary"] == "Accept-Encoding" and zipped.headers["x-test"] == "1"
+            head = await client.head(url, headers={"Accept-Encoding": "identity"})
+            assert head.status_code == 200 and head.content == b""
+            assert int(head.headers["content-length"]) == len(html)
+    finally:
+        await runner.cleanup()
