@@ -4,10 +4,10 @@ own) that should not notice.
 
   rate       `--checks` (2,000) checks at 10 s on one host: 200 probes/s asked of a
              host limited to 20/s (per_host_rate), so ~2,000 probes wait all the time
-  slow-host  500 checks (timeout 5 s) on a host that accepts and never answers, with
-             max_in_flight 100: the hanging host would hold every slot
-  page       5,000 checks in 500 services; 4 clients reload `/` back to back (gzip, as
-             browsers ask) for the measured window
+  slow-host  200 checks at 10 s (timeout 10 s) on a host that accepts and never
+             answers, with max_in_flight 50: the hanging host would hold every slot
+  page       5,000 checks in 500 services at 60 s on 10 hosts; 4 clients reload `/`
+             back to back (gzip, as browsers ask) for the measured window
   readers    the same 5,000 checks; 20 clients ask for `/` uncompressed and never read
 
 `page` and `readers` first measure `--calm` seconds without the readers; then each
@@ -32,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -174,11 +175,14 @@ def rss_mib(pid: int) -> float:
 
 
 def readers_reloading(base: str, n: int, stop: threading.Event, times: list[float]) -> list[threading.Thread]:
+    """`n` clients asking for `/` back to back, gzip accepted as browsers do; the body
+    is read but not inflated (a browser does that on its own machine, not on ours)."""
     def reload() -> None:
         while not stop.is_set():
             t0 = time.perf_counter()
-            with contextlib.suppress(OSError):
-                common.http_get(base + "/", timeout=120, gzipped=True)
+            with contextlib.suppress(OSError), urllib.request.urlopen(urllib.request.Request(
+                    base + "/", headers={"Accept-Encoding": "gzip"}), timeout=120) as resp:
+                resp.read()
             times.append(time.perf_counter() - t0)
 
     threads = [threading.Thread(target=reload, daemon=True) for _ in range(n)]
@@ -189,20 +193,21 @@ def readers_reloading(base: str, n: int, stop: threading.Event, times: list[floa
 
 def scenario(name: str, args: argparse.Namespace, target: common.Target, hang_port: int, tmp: Path) -> None:
     port = common.free_port()
-    (host, tport), (chost, cport) = target.addresses[0], target.addresses[-1]
+    (host, tport), (chost, cport) = target.addresses[0], target.addresses[1]
+    spread = [h for h, _ in target.addresses[2:]]
     control_url = f"http://{chost}:{cport}"
     db = tmp / f"{name}.db"
     if name == "rate":
         services = [(f"s{i:03d}", [f"http://{host}:{tport}/r{i}-{j}" for j in range(10)], "10s", "5s")
                     for i in range(args.checks // 10)]
         text, warmup = config_text(port, db, control_url, services), 11.0
-    elif name == "slow-host":
-        services = [(f"s{i:03d}", [f"http://127.0.0.2:{hang_port}/h{i}-{j}" for j in range(10)], "5s", "5s")
-                    for i in range(50)]
-        text, warmup = config_text(port, db, control_url, services, max_in_flight=100), 6.0
-    else:
-        services = [(f"s{i:03d}", [f"http://{host}:{tport}/p{i}-{j}" for j in range(10)], "60s", "5s")
-                    for i in range(500)]
+    elif name == "slow-host":  # 20 probes/s (within the rate), each hanging for 10 s
+        services = [(f"s{i:03d}", [f"http://127.0.0.2:{hang_port}/h{i}-{j}" for j in range(10)], "10s", "10s")
+                    for i in range(20)]
+        text, warmup = config_text(port, db, control_url, services, max_in_flight=50), 11.0
+    else:  # 8.3 probes/s on each of 10 hosts: within the rate
+        services = [(f"s{i:03d}", [f"http://{spread[i % len(spread)]}:{tport}/p{i}-{j}" for j in range(10)],
+                     "60s", "5s") for i in range(500)]
         text, warmup = config_text(port, db, control_url, services), 10.0
     with daemon(tmp, text, port, args, warmup) as (proc, base):
         if name in ("page", "readers"):  # the others are abused by their config, from the start
@@ -219,6 +224,7 @@ def scenario(name: str, args: argparse.Namespace, target: common.Target, hang_po
             print(f"        pages served {len(times)} ({len(times) / args.duration:.1f}/s), page time p50 "
                   f"{statistics.median(times) * 1000:.0f} ms, max {max(times) * 1000:.0f} ms")
         elif name == "readers":
+            _, page = common.http_get(base + "/", timeout=120)  # built once: its own memory is not theirs
             before = rss_mib(proc.pid)
             socks = []
             for _ in range(20):
@@ -237,7 +243,6 @@ def scenario(name: str, args: argparse.Namespace, target: common.Target, hang_po
                 s.close()
             time.sleep(5)
             after = rss_mib(proc.pid)
-            _, page = common.http_get(base + "/", timeout=120)
             print(f"        RSS {before:.0f} MiB before, {during:.0f} MiB with 20 readers waiting "
                   f"(+{during - before:.0f}), {after:.0f} MiB 5 s after they left (+{after - before:.0f}); "
                   f"the page is {len(page) / 1e6:.1f} MB uncompressed")
@@ -262,7 +267,8 @@ def main() -> None:
     print(common.machine())
     tport = common.free_port()
     with tempfile.TemporaryDirectory(prefix="aipulse-abuse-") as tmp_dir, \
-            common.target([("127.0.0.1", tport), ("127.0.0.4", tport)]) as target, \
+            common.target([("127.0.0.1", tport), ("127.0.0.4", tport),
+                           *((f"127.0.0.{i}", tport) for i in range(10, 20))]) as target, \
             hanging_host("127.0.0.2") as hang_port:
         for name in args.scenarios:
             src = f" (--src {args.src})" if args.src else ""
