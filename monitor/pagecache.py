@@ -21,6 +21,7 @@ Built per request on the event loop, four browsers reloading it stalled probing 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 import zlib
@@ -68,7 +69,7 @@ def gzip_text(pieces: Iterable[str], status: int = 200) -> Body:
     out: list[bytes] = []
     batch: list[str] = []
     size = pending = 0
-    for piece in (*pieces, None):
+    for piece in itertools.chain(pieces, [None]):  # pieces as they come, then the end
         if piece is not None:
             batch.append(piece)
             pending += len(piece)
