@@ -13,6 +13,7 @@ import gzip
 import socket
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,10 +42,11 @@ def big_config(target: Target | None = None, **control: Any) -> dict[str, Any]:
     return {"services": services}
 
 
-def timeouts(d: RunningDaemon) -> float:
-    return sum(v for (name, labels), v in d.samples().items()
-               if name == "aipulse_probes_total" and ("reason", "timeout") in labels
-               and ("service", "control") in labels)
+def control_probes(d: RunningDaemon) -> tuple[float, float]:
+    """(probes, timeouts) of the control checks so far."""
+    samples = [(labels, v) for (name, labels), v in d.samples().items()
+               if name == "aipulse_probes_total" and ("service", "control") in labels]
+    return sum(v for _, v in samples), sum(v for labels, v in samples if ("reason", "timeout") in labels)
 
 
 def healthz_latencies(d: RunningDaemon, until: Callable[[float], bool]) -> list[float]:
@@ -66,8 +68,9 @@ def test_browsers_reloading_the_page_do_not_stall_probing(target: Target, tmp_pa
     200 ms with a 150 ms timeout. Before, each request built the page on the event
     loop (longer than the probes' timeout): /healthz waited behind the builds (median
     above one build's time) and the control probes timed out. Now /healthz stays far
-    below one build's time, a page being built again included, and the control checks
-    time out no more than they do without the readers (on a shared machine, some do)."""
+    below one build's time, a page being built again included, and the share of control
+    probes that time out is within 10 points of the share without the readers (on a
+    shared machine, a 150 ms timeout is missed now and then)."""
     config = big_config(target, interval="200ms", timeout="150ms")
     with start_daemon(config, tmp_path) as d:
         wait_for(lambda: d.value("aipulse_probe_success", service="control", check="ok4") == 1.0)
@@ -75,22 +78,29 @@ def test_browsers_reloading_the_page_do_not_stall_probing(target: Target, tmp_pa
         assert httpx.get(d.url("/"), timeout=60).status_code == 200
         build = time.monotonic() - began  # one page, nobody else asking
         assert build > 0.15, f"the page built in {build:.3f} s: too small a config to test anything"
-        t0 = timeouts(d)
+        p0, t0 = control_probes(d)
         calm = healthz_latencies(d, lambda seconds: seconds >= 2.0)
-        calm_timeouts = timeouts(d) - t0
+        p1, t1 = control_probes(d)
+        calm_timeouts = (t1 - t0) / max(1.0, p1 - p0)
 
         stop = threading.Event()
         served: list[str] = []  # when each page served was built ("Updated <time ...>")
 
         def reload_forever() -> None:
+            # Gzipped, as browsers ask; only the head is inflated (to see when the page was
+            # built), so the readers leave the CPU to the daemon and the target.
             with httpx.Client(timeout=120) as client:
                 while not stop.is_set():
-                    r = client.get(d.url("/"))
-                    assert r.status_code == 200
-                    served.append(r.content[r.content.index(b"Updated <time"):][:60].decode())
+                    with client.stream("GET", d.url("/"), headers={"Accept-Encoding": "gzip"}) as r:
+                        assert r.status_code == 200 and r.headers["content-encoding"] == "gzip"
+                        inflate, head = zlib.decompressobj(31), b""
+                        for raw in r.iter_raw():
+                            if b"Updated <time" not in head:
+                                head += inflate.decompress(raw)
+                    served.append(head[head.index(b"Updated <time"):][:60].decode())
 
         readers = [threading.Thread(target=reload_forever) for _ in range(4)]
-        t1 = timeouts(d)
+        p1, t1 = control_probes(d)
         for reader in readers:
             reader.start()
         try:  # until the page has been built again while they read (and 3 s at least)
@@ -100,16 +110,17 @@ def test_browsers_reloading_the_page_do_not_stall_probing(target: Target, tmp_pa
             stop.set()
             for reader in readers:
                 reader.join(120)
-        loaded_timeouts = timeouts(d) - t1
+        p2, t2 = control_probes(d)
+        loaded_timeouts = (t2 - t1) / max(1.0, p2 - p1)
     loaded.sort()
     p50, p90 = loaded[len(loaded) // 2], loaded[len(loaded) * 9 // 10]
     print(f"page build {build * 1000:.0f} ms; /healthz max {max(calm) * 1000:.0f} ms calm; with 4 readers "
           f"p50 {p50 * 1000:.0f}, p90 {p90 * 1000:.0f}, max {loaded[-1] * 1000:.0f} ms ({len(served)} pages "
-          f"served, {len(set(served))} builds seen); control timeouts {calm_timeouts:g} calm, "
-          f"{loaded_timeouts:g} loaded")
+          f"served, {len(set(served))} builds seen); control probes timed out: {calm_timeouts:.0%} calm, "
+          f"{loaded_timeouts:.0%} loaded")
     assert len(set(served)) >= 2, "the page was not built again while read"
     assert p50 < build / 4 and p90 < build / 2, (build, p50, p90)
-    assert loaded_timeouts <= 2 * calm_timeouts + 2, (calm_timeouts, loaded_timeouts)
+    assert loaded_timeouts <= calm_timeouts + 0.1, (calm_timeouts, loaded_timeouts)
 
 
 def rss_kib(pid: int) -> int:
