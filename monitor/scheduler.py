@@ -22,7 +22,7 @@ import hashlib
 import logging
 import math
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 from aiolimiter import AsyncLimiter
 
@@ -79,6 +79,9 @@ def rate_limiter(per_host_rate: float) -> AsyncLimiter:
     if per_host_rate >= 1:
         return AsyncLimiter(per_host_rate, 1.0)
     return AsyncLimiter(1, 1.0 / per_host_rate)
+
+
+_NO_SHARE = contextlib.nullcontext()
 
 
 class Scheduler:
@@ -150,15 +153,6 @@ class Scheduler:
             limiter = self._limiters[host] = rate_limiter(self._per_host_rate)
         return limiter
 
-    @contextlib.asynccontextmanager
-    async def _host_share(self, host: str) -> AsyncIterator[None]:
-        entry = self._shares.get(host)
-        if entry is None:  # a check removed by a reload, on its way out: the global cap only
-            yield
-            return
-        async with entry[1]:
-            yield
-
     async def run_once(self, checks: list[CheckConfig]) -> list[ProbeResult]:
         """Probe each check once, concurrently, under the same limits (`aipulse once`)."""
         self._set_shares(checks)
@@ -166,7 +160,10 @@ class Scheduler:
         return list(await asyncio.gather(*(self._guarded(c, now) for c in checks)))
 
     async def _guarded(self, check: CheckConfig, due: float) -> ProbeResult:
-        async with self._host_share(check.host), self._limiter(check.host), self._slots:
+        entry = self._shares.get(check.host)
+        # (none: a check removed by a reload, on its way out; the global cap holds it)
+        share = _NO_SHARE if entry is None else entry[1]
+        async with share, self._limiter(check.host), self._slots:
             self._on_lag(max(0.0, asyncio.get_running_loop().time() - due))
             return await self._run_probe(check)
 
