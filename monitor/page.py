@@ -5,28 +5,30 @@ are config or service data and are never trusted), no JavaScript and no external
 assets: inline CSS and inline SVG only, so it works from a phone, behind a strict
 proxy, and with scripts disabled. It refreshes itself every 30 s.
 
-Per page there are two history reads, both off the event loop on the API's reader
-threads (`monitor.api._READERS`), each on its own read-only connection:
+Per page there are two history reads (`monitor.store`), both off the event loop on
+the API's reader threads (`monitor.api._READERS`), each on its own read-only connection:
 
 * windows: one `query_windows` over the last 90 days (every service on `/`);
 * latency: one aggregate query over `results` for the last 24 hours, already bucketed
-  by SQLite into at most `SPARK_POINTS` buckets per check (`read_latency`), so the
+  by SQLite into at most `SPARK_POINTS` buckets per check (`query_latency`), so the
   page never pulls raw rows into Python.
 
 Everything else comes from the in-memory `LiveState`. The pure parts (`daily_bars`,
 `downsample`, `sparkline`) take the clock as an argument and are tested with tables.
+
+Pages are built once for all their readers (`monitor.pagecache`): the views on the
+event loop, a slice at a time; the template and gzip on a thread; at most one build
+at a time; and the bytes sent as each reader takes them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import functools
 import re
-import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,8 +40,9 @@ from monitor.api import _READERS, DB_PATH, LIVE, _vendor_json
 from monitor.availability import Interval, clip_merge, subtract, total
 from monitor.live import CheckStats, LiveState, ServiceStats
 from monitor.outage import OutageWindow
+from monitor.pagecache import Body, Pacer, PageCache, off_loop, send
 from monitor.result import PHASES
-from monitor.store import StorageError, connect_readonly, query_windows
+from monitor.store import StorageError, query_latency, query_windows
 from monitor.units import format_duration, parse_time, rfc3339
 
 DAY = 86400.0
@@ -224,34 +227,6 @@ def sparkline(points: Sequence[tuple[float, float]], start: float, end: float, *
 
 # ------------------------------------------------------------------ history reads (threads)
 
-def read_latency(path: str, start: float, end: float, *, service: str | None = None,
-                 buckets: int = SPARK_POINTS) -> dict[tuple[str, str], list[tuple[float, float, int]]]:
-    """Latency of good probes (reason ok, degraded included) per (service, check) over
-    [start, end], bucketed by SQLite into at most `buckets` (mean time, mean duration,
-    count) points: one query, on a read-only connection, whatever the row count.
-    Failed probes are left out: a refused connection is fast, and that is not latency.
-    Raises StorageError."""
-    width = (end - start) / buckets
-    sql = ("SELECT service, check_id, MIN(CAST((ts - ?) / ? AS INTEGER), ?) AS b, "
-           "SUM(ts), SUM(duration), COUNT(*) FROM results "
-           "WHERE ts >= ? AND ts <= ? AND reason = 'ok'")
-    args: list[Any] = [start, width, buckets - 1, start, end]
-    if service is not None:
-        sql += " AND service = ?"
-        args.append(service)
-    sql += " GROUP BY service, check_id, b ORDER BY service, check_id, b"
-    out: dict[tuple[str, str], list[tuple[float, float, int]]] = {}
-    with contextlib.closing(connect_readonly(path)) as conn:
-        try:
-            if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
-                return out  # nothing recorded yet
-            for svc, check, _, sum_ts, sum_duration, n in conn.execute(sql, args):
-                out.setdefault((svc, check), []).append((sum_ts / n, sum_duration / n, n))
-        except sqlite3.Error as e:
-            raise StorageError(f"{path}: {e}") from e
-    return out
-
-
 @dataclass
 class History:
     windows: list[OutageWindow] = field(default_factory=list)  # newest start first
@@ -274,7 +249,7 @@ def read_history(path: str, now: float, service: str | None = None) -> History:
     gives an empty history with the error, never a failed page."""
     try:
         windows = query_windows(path, service=service, since=now - HISTORY_DAYS * DAY, limit=MAX_WINDOWS)
-        latency = read_latency(path, now - SPARK_SPAN, now, service=service)
+        latency = query_latency(path, now - SPARK_SPAN, now, buckets=SPARK_POINTS, service=service)
     except StorageError as e:
         return History(error=str(e))
     return History(windows, latency, truncated=len(windows) >= MAX_WINDOWS)
@@ -395,8 +370,9 @@ def _vendor_view(sstats: ServiceStats) -> dict[str, Any]:
     return view
 
 
-def _service_view(live: LiveState, sstats: ServiceStats, history: History, now: float,
-                  deep: bool) -> dict[str, Any]:
+async def _service_view(live: LiveState, sstats: ServiceStats, history: History, now: float,
+                        deep: bool, pace: Pacer) -> dict[str, Any]:
+    """One service's view; `pace()` between checks (a service may have thousands)."""
     service = sstats.service
     sid = service.id
     horizon = now - HISTORY_DAYS * DAY
@@ -414,6 +390,10 @@ def _service_view(live: LiveState, sstats: ServiceStats, history: History, now: 
     points = [p for c in checks for p in history.latency.get(c.check.key, [])]
     open_windows = [window_view(c.window, now) for c in checks if c.window is not None]
     open_windows.sort(key=lambda v: v["start"])
+    check_views = []
+    for c in checks:
+        check_views.append(_check_view(c, now, gaps, maintenance, deep))
+        await pace()
     view: dict[str, Any] = {
         "id": sid,
         "title": service.title,
@@ -422,7 +402,7 @@ def _service_view(live: LiveState, sstats: ServiceStats, history: History, now: 
         "window": None if sstats.window is None else window_view(sstats.window, now),
         "open_windows": open_windows,
         "waiting": all(c.last is None for c in checks),
-        "checks": [_check_view(c, now, gaps, maintenance, deep) for c in checks],
+        "checks": check_views,
         "bars": bars_view(bars),
         "uptime": _pct(overall_availability(bars)),
         "spark": _spark(points, now, max((c.check.interval for c in checks), default=0.0)),
@@ -441,6 +421,7 @@ def _service_view(live: LiveState, sstats: ServiceStats, history: History, now: 
             cv["uptime"] = _pct(overall_availability(check_bars))
             cv["windows"] = [window_view(w, now) for w in own if w.end is None or w.end >= recent_since]
             cv["spark"] = _spark(history.latency.get(stats.check.key, []), now, stats.check.interval)
+            await pace()
     return view
 
 
@@ -476,9 +457,14 @@ def render(template: str, status: int = 200, **context: Any) -> web.Response:
     return response
 
 
-async def _history(request: web.Request, now: float, service: str | None = None) -> History:
+async def _history(app: web.Application, now: float, service: str | None = None) -> History:
     return await asyncio.get_running_loop().run_in_executor(
-        _READERS, functools.partial(read_history, request.app[DB_PATH], now, service))
+        _READERS, functools.partial(read_history, app[DB_PATH], now, service))
+
+
+def _render(template: str, context: dict[str, Any]) -> Iterator[str]:
+    """A template with plain data (views: no live objects), on the page thread."""
+    return ENV.get_template(template).generate(**context)
 
 
 def summary(statuses: Sequence[str]) -> dict[str, Any]:
@@ -499,31 +485,51 @@ def summary(statuses: Sequence[str]) -> dict[str, Any]:
             "problems": len(problems), "unknown": unknown, "maintenance": maintenance}
 
 
-async def index(request: web.Request) -> web.Response:
+PAGES = web.AppKey("pages", PageCache)
+
+
+async def index(request: web.Request) -> web.StreamResponse:
+    body = await request.app[PAGES].get("/", functools.partial(_build_index, request.app))
+    return await send(request, body, HEADERS)
+
+
+async def _build_index(app: web.Application) -> Body:
     now = time.time()
-    history = await _history(request, now)
-    live = request.app[LIVE]  # read after the await: the freshest state, on the loop's thread
-    services = [_service_view(live, s, history, now, deep=False) for s in live.services.values()]
-    return render("index.html", services=services, summary=summary([s["status"] for s in services]),
-                  **_common(live, history, now))
+    history = await _history(app, now)
+    live = app[LIVE]  # read after the await: the freshest state, on the loop's thread
+    pace = Pacer()
+    services = [await _service_view(live, s, history, now, False, pace) for s in list(live.services.values())]
+    context = {"services": services, "summary": summary([s["status"] for s in services]),
+               **_common(live, history, now)}
+    return await off_loop(functools.partial(_render, "index.html", context))
 
 
-async def service_page(request: web.Request) -> web.Response:
+async def service_page(request: web.Request) -> web.StreamResponse:
     sid = request.match_info["id"]
     live = request.app[LIVE]
     if not SERVICE_ID.fullmatch(sid) or sid not in live.services:
         history = History()
         return render("not_found.html", status=404, what=sid[:100], **_common(live, history, time.time()))
+    build = functools.partial(_build_service, request.app, sid)
+    body = await request.app[PAGES].get(f"/services/{sid}", build)
+    return await send(request, body, HEADERS)
+
+
+async def _build_service(app: web.Application, sid: str) -> Body:
     now = time.time()
-    history = await _history(request, now, sid)
+    history = await _history(app, now, sid)
+    live = app[LIVE]
     sstats = live.services.get(sid)
     if sstats is None:  # removed by a reload while we read
-        return render("not_found.html", status=404, what=sid, **_common(live, history, now))
-    return render("service.html", s=_service_view(live, sstats, history, now, deep=True),
-                  **_common(live, history, now))
+        context = {"what": sid, **_common(live, history, now)}
+        return await off_loop(functools.partial(_render, "not_found.html", context), 404)
+    view = await _service_view(live, sstats, history, now, True, Pacer())
+    context = {"s": view, **_common(live, history, now)}
+    return await off_loop(functools.partial(_render, "service.html", context))
 
 
 def add_routes(app: web.Application) -> None:
     """`/` and `/services/<id>`; the app must already hold `api.LIVE` and `api.DB_PATH`."""
+    app[PAGES] = PageCache()
     app.router.add_get("/", index)
     app.router.add_get("/services/{id}", service_page)

@@ -1,21 +1,30 @@
 """Run every check on its own interval: fixed-rate, spread, capped, rate-limited per host.
 
-Schedule math is pure (`spread_offset`, `next_tick`); `Scheduler` is the thin asyncio
-shell. Each check has its own task, so a slow or hanging check delays no other; a
-global semaphore caps probes in flight, and one asyncio-throttle `Throttler` per host
-keeps many checks against one host from bursting it. The stable spread of start
-times keeps that throttler from waiting at all in the common case (BENCHMARKS.md).
+Schedule math is pure (`spread_offset`, `next_tick`, `host_shares`); `Scheduler` is
+the thin asyncio shell. Each check has its own task, so a slow or hanging check delays
+no other. Before a probe starts it takes, in this order:
+
+1. its host's share of `max_in_flight` (`host_shares`: in proportion to the host's
+   checks), so one slow or hanging host cannot hold every slot and starve the others;
+2. its host's rate limit (`per_host_rate`, aiolimiter's leaky bucket: a waiter sleeps
+   until its turn on one timer per host, it never polls: BENCHMARKS.md);
+3. a slot of the global `max_in_flight`.
+
+The stable spread of start times keeps the limiter from waiting at all in the common
+case.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 
-from asyncio_throttle import Throttler
+from aiolimiter import AsyncLimiter
 
 from monitor.config import CheckConfig
 from monitor.result import ProbeResult
@@ -53,6 +62,28 @@ def first_tick(anchor: float, interval: float, now: float) -> int:
     return max(0, math.ceil((now - anchor) / interval))
 
 
+def host_shares(checks_per_host: Mapping[str, int], max_in_flight: int) -> dict[str, int]:
+    """Each host's share of `max_in_flight`: in proportion to its checks (rounded up),
+    at least 1, and never more than its number of checks (a check has at most one
+    probe in flight, so more would never be used). While the checks are no more than
+    `max_in_flight`, every host may run all its checks at once: the shares bind only
+    when the probes must queue, and then a host that hangs holds its share, not all."""
+    total = sum(checks_per_host.values())
+    return {host: max(1, min(n, math.ceil(max_in_flight * n / total)))
+            for host, n in checks_per_host.items() if n > 0}
+
+
+def rate_limiter(per_host_rate: float) -> AsyncLimiter:
+    """`per_host_rate` starts a second on average, with bursts of at most that many
+    (at least one: a rate below 1/s lets one start every 1/rate seconds)."""
+    if per_host_rate >= 1:
+        return AsyncLimiter(per_host_rate, 1.0)
+    return AsyncLimiter(1, 1.0 / per_host_rate)
+
+
+_NO_SHARE = contextlib.nullcontext()
+
+
 class Scheduler:
     def __init__(
         self,
@@ -68,9 +99,13 @@ class Scheduler:
         self._on_result = on_result
         self._on_lag = on_lag
         self._on_missed = on_missed
+        self._max_in_flight = max_in_flight
         self._slots = asyncio.Semaphore(max_in_flight)
         self._per_host_rate = per_host_rate
-        self._throttlers: dict[str, Throttler] = {}
+        self._limiters: dict[str, AsyncLimiter] = {}
+        # Per host: (its share, the semaphore of that size). A probe releases the one it
+        # took, so a share resized by a reload applies to probes that start after it.
+        self._shares: dict[str, tuple[int, asyncio.Semaphore]] = {}
         self._tasks: dict[tuple[str, str], tuple[CheckConfig, asyncio.Task[None]]] = {}
         self._epoch = asyncio.get_running_loop().time()
 
@@ -80,6 +115,7 @@ class Scheduler:
         unless its interval changed: then it restarts on its new schedule. (Restarting
         all 10,000 tasks of a changed config blocked the event loop for ~0.4 s.)"""
         wanted = {c.key: c for c in checks}
+        self._set_shares(wanted.values())
         for key, (old, task) in list(self._tasks.items()):
             new = wanted.get(key)
             if new == old:
@@ -101,19 +137,33 @@ class Scheduler:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
 
-    def _throttler(self, host: str) -> Throttler:
-        throttler = self._throttlers.get(host)
-        if throttler is None:
-            throttler = self._throttlers[host] = Throttler(rate_limit=self._per_host_rate, period=1.0)
-        return throttler
+    def _set_shares(self, checks: Iterable[CheckConfig]) -> None:
+        shares = host_shares(Counter(c.host for c in checks), self._max_in_flight)
+        for host, size in shares.items():
+            entry = self._shares.get(host)
+            if entry is None or entry[0] != size:
+                self._shares[host] = (size, asyncio.Semaphore(size))
+        for host in self._shares.keys() - shares.keys():
+            del self._shares[host]
+            self._limiters.pop(host, None)
+
+    def _limiter(self, host: str) -> AsyncLimiter:
+        limiter = self._limiters.get(host)
+        if limiter is None:
+            limiter = self._limiters[host] = rate_limiter(self._per_host_rate)
+        return limiter
 
     async def run_once(self, checks: list[CheckConfig]) -> list[ProbeResult]:
         """Probe each check once, concurrently, under the same limits (`aipulse once`)."""
+        self._set_shares(checks)
         now = asyncio.get_running_loop().time()
         return list(await asyncio.gather(*(self._guarded(c, now) for c in checks)))
 
     async def _guarded(self, check: CheckConfig, due: float) -> ProbeResult:
-        async with self._throttler(check.host), self._slots:
+        entry = self._shares.get(check.host)
+        # (none: a check removed by a reload, on its way out; the global cap holds it)
+        share = _NO_SHARE if entry is None else entry[1]
+        async with share, self._limiter(check.host), self._slots:
             self._on_lag(max(0.0, asyncio.get_running_loop().time() - due))
             return await self._run_probe(check)
 

@@ -898,3 +898,34 @@ def query_windows(path: str | os.PathLike[str], *, service: str | None = None,
             return [_window(r) for r in conn.execute(sql, args)]
         except sqlite3.Error as e:
             raise StorageError(f"{path}: {e}") from e
+
+
+# ---------------------------------------------------------------------------- page reads (issue 15b)
+# Reads of the status page (monitor.page); kept in one block, apart from the rest.
+
+def query_latency(path: str | os.PathLike[str], start: float, end: float, *, buckets: int,
+                  service: str | None = None) -> dict[tuple[str, str], list[tuple[float, float, int]]]:
+    """Latency of good probes (reason ok, degraded included) per (service, check) over
+    [start, end], bucketed by SQLite into at most `buckets` (mean time, mean duration,
+    count) points: one query, on a read-only connection, whatever the row count.
+    Failed probes are left out: a refused connection is fast, and that is not latency.
+    Raises StorageError."""
+    width = (end - start) / buckets
+    sql = ("SELECT service, check_id, MIN(CAST((ts - ?) / ? AS INTEGER), ?) AS b, "
+           "SUM(ts), SUM(duration), COUNT(*) FROM results "
+           "WHERE ts >= ? AND ts <= ? AND reason = 'ok'")
+    args: list[Any] = [start, width, buckets - 1, start, end]
+    if service is not None:
+        sql += " AND service = ?"
+        args.append(service)
+    sql += " GROUP BY service, check_id, b ORDER BY service, check_id, b"
+    out: dict[tuple[str, str], list[tuple[float, float, int]]] = {}
+    with contextlib.closing(connect_readonly(path)) as conn:
+        try:
+            if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
+                return out  # nothing recorded yet
+            for svc, check, _, sum_ts, sum_duration, n in conn.execute(sql, args):
+                out.setdefault((svc, check), []).append((sum_ts / n, sum_duration / n, n))
+        except sqlite3.Error as e:
+            raise StorageError(f"{path}: {e}") from e
+    return out

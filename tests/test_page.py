@@ -26,7 +26,7 @@ from helpers import RunningDaemon, make_config, start_daemon, wait_for
 from prometheus_client.registry import CollectorRegistry
 from targets import serve
 
-from monitor import server
+from monitor import page, server
 from monitor.config import parse
 from monitor.live import LiveState
 from monitor.outage import OutageWindow, State
@@ -35,13 +35,12 @@ from monitor.page import (
     daily_bars,
     downsample,
     overall_availability,
-    read_latency,
     sparkline,
 )
 from monitor.reasons import Reason
 from monitor.result import ProbeResult
 from monitor.statuspage import VendorComponent, VendorIncident, VendorStatus, unknown
-from monitor.store import migrate
+from monitor.store import migrate, query_latency
 from monitor.units import parse_time
 from monitor.webconfig import WebConfig
 
@@ -214,7 +213,7 @@ def _results_db(path: Path, rows: list[tuple[float, str, str, str, float]]) -> N
     conn.close()
 
 
-def test_read_latency_buckets_in_sqlite_like_downsample(tmp_path: Path) -> None:
+def test_query_latency_buckets_in_sqlite_like_downsample(tmp_path: Path) -> None:
     """One aggregate query: at most 96 points per check, good probes only, and
     downsampling its output again gives what the raw rows give."""
     db = tmp_path / "h.db"
@@ -224,14 +223,15 @@ def test_read_latency_buckets_in_sqlite_like_downsample(tmp_path: Path) -> None:
     rows += [(START - 3600, "acme", "api", "ok", 9.0)]  # too old
     rows += [(START + 100, "other", "api", "ok", 1.0)]
     _results_db(db, rows)
-    got = read_latency(str(db), START, NOW, service="acme")
+    got = query_latency(str(db), START, NOW, buckets=96, service="acme")
     assert set(got) == {("acme", "api"), ("acme", "web")}
     assert all(len(points) <= 96 for points in got.values())
     assert sum(n for points in got.values() for _, _, n in points) == 2 * int(DAY / 7)
     raw = [(ts, d) for ts, s, _, reason, d in rows if s == "acme" and reason == "ok" and START <= ts <= NOW]
     combined = downsample([p for points in got.values() for p in points], START, NOW)
     assert combined == [pytest.approx(p) for p in downsample(raw, START, NOW)]
-    assert set(read_latency(str(db), START, NOW)) == {("acme", "api"), ("acme", "web"), ("other", "api")}
+    everyone = query_latency(str(db), START, NOW, buckets=96)
+    assert set(everyone) == {("acme", "api"), ("acme", "web"), ("other", "api")}
 
 
 # ---------------------------------------------------------------------------- escaping
@@ -298,10 +298,12 @@ async def test_vendor_text_and_storage_errors_are_escaped(tmp_path: Path) -> Non
                 assert "History unavailable" in r.text and XSS_ESCAPED + ".db" in r.text
             assert f"note {XSS_ESCAPED}" in (await client.get("/services/acme")).text
             sstats.vendor_update(unknown(f"HTML where JSON was expected: {XSS}"), NOW)
+            app[page.PAGES].clear()  # pages are reused for a while (monitor.pagecache): build anew
             r = await client.get("/")
             assert f"unknown: HTML where JSON was expected: {XSS_ESCAPED}" in r.text
             assert "<script" not in r.text.lower()
             sstats.status = "under_maintenance"  # planned work: said, but not a problem
+            app[page.PAGES].clear()
             r = await client.get("/")
             assert 'data-status="under_maintenance"' in r.text and "planned maintenance in progress" in r.text
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 from collections.abc import Awaitable, Callable
@@ -14,7 +15,7 @@ from targets import Target
 from monitor.config import CheckConfig
 from monitor.probes import Prober
 from monitor.result import ProbeResult
-from monitor.scheduler import Scheduler, first_tick, next_tick, spread_offset
+from monitor.scheduler import Scheduler, first_tick, host_shares, next_tick, rate_limiter, spread_offset
 
 
 @pytest.mark.parametrize(
@@ -47,6 +48,27 @@ def test_spread_offset_is_stable_and_spread() -> None:
     # roughly uniform: every 3-second slice of the interval gets some checks
     slices = {int(o // 3) for o in offsets}
     assert slices == set(range(10))
+
+
+@pytest.mark.parametrize(
+    ("per_host", "max_in_flight", "expected"),
+    [
+        ({"a": 10, "b": 5}, 1000, {"a": 10, "b": 5}),  # fewer checks than slots: all at once
+        ({"slow": 40, "ok": 5}, 10, {"slow": 9, "ok": 2}),  # in proportion, rounded up
+        ({"big": 9990, "tiny": 10}, 100, {"big": 100, "tiny": 1}),  # at least one
+        ({"a": 1, "b": 1, "c": 1}, 1, {"a": 1, "b": 1, "c": 1}),
+        ({"a": 3, "gone": 0}, 2, {"a": 2}),
+    ],
+)
+def test_host_shares(per_host: dict[str, int], max_in_flight: int, expected: dict[str, int]) -> None:
+    assert host_shares(per_host, max_in_flight) == expected
+
+
+async def test_rate_limiter_below_one_a_second() -> None:
+    """0.5/s: one start every 2 s (a bucket of 1), not refused and not 1/s."""
+    limiter = rate_limiter(0.5)
+    assert (limiter.max_rate, limiter.time_period) == (1, 2.0)
+    assert (rate_limiter(20).max_rate, rate_limiter(20).time_period) == (20, 1.0)
 
 
 def collector(results: list[ProbeResult]) -> Callable[[ProbeResult], Awaitable[None]]:
@@ -87,17 +109,21 @@ async def test_one_second_check_runs_ten_times_beside_a_hanging_check(target: Ta
 
 
 async def test_per_host_rate_limit_spreads_requests(target: Target) -> None:
-    # 20 checks on one host at 100ms intervals would make 200 req/s; the limit is 10/s.
+    """20 checks on one host at 100ms intervals would make 200 req/s; the limit is 10/s:
+    a burst of at most 10, then starts one every 100 ms (a leaky bucket)."""
     cfg = make_config({f"c{i}": {"url": target.url("/ok"), "interval": "100ms", "timeout": "100ms"}
                        for i in range(20)})
-    t0 = time.time()
     results = await _run_for(cfg.checks, 2.0, per_host_rate=10)
-    per_second: dict[int, int] = {}
-    for r in results:
-        sec = int(r.started - t0)
-        per_second[sec] = per_second.get(sec, 0) + 1
-    assert 15 <= len(results) <= 24, len(results)
-    assert max(per_second.values()) <= 11, per_second
+    starts = sorted(r.started for r in results)
+    span = starts[-1] - starts[0]
+    assert 15 <= len(starts) <= 10 + 10 * span + 2, (len(starts), span)
+
+    def most_in(window: float, after: float) -> int:
+        later = [t for t in starts if t >= after]
+        return max(sum(1 for u in later if t <= u < t + window) for t in later)
+
+    assert most_in(1.0, starts[0]) <= 2 * 10 + 1  # the burst and a second's worth
+    assert most_in(1.0, starts[9] + 0.05) <= 10 + 1  # after the burst: the rate
 
 
 async def test_max_in_flight_caps_concurrency(target: Target) -> None:
@@ -169,6 +195,75 @@ async def test_a_changed_check_keeps_its_schedule_and_probes_its_new_config(targ
     kept = [r.started for r in results if r.status_code in (200, 201)]
     gaps = [b - a for a, b in itertools.pairwise(kept)]
     assert all(abs(g - 0.2) < 0.1 for g in gaps), gaps  # one fixed-rate schedule across the change
+
+
+async def test_waiting_on_the_rate_limit_costs_no_cpu(target: Target) -> None:
+    """400 checks asking one host for 400 probes/s, limited to 20/s: 380 wait all the
+    time, asleep. The event loop's CPU per probe is near that of a run within the
+    rate (asyncio-throttle woke every waiter every 10 ms: a core's worth with a few
+    hundred waiters, and /metrics answered in seconds)."""
+    prober = Prober()
+
+    async def loop_cpu_per_probe(checks: int) -> tuple[float, int]:
+        cfg = make_config({f"c{i}": {"url": target.url("/ok"), "interval": "1s", "timeout": "1s"}
+                           for i in range(checks)})
+        results: list[ProbeResult] = []
+        scheduler = Scheduler(prober.run, collector(results), max_in_flight=1000, per_host_rate=20)
+        scheduler.set_checks(cfg.checks)
+        await asyncio.sleep(1.2)  # past every check's first due time: all waiting now
+        n0, cpu0 = len(results), time.thread_time()  # this thread only: not the target's
+        await asyncio.sleep(2.0)
+        cpu, n = time.thread_time() - cpu0, len(results) - n0
+        await scheduler.stop()
+        return cpu / max(n, 1), n
+
+    calm, calm_n = await loop_cpu_per_probe(10)  # 10/s asked of a 20/s host: nobody waits
+    overload, overload_n = await loop_cpu_per_probe(400)
+    await prober.aclose()
+    print(f"loop CPU per probe: {calm * 1e3:.2f} ms within the rate, {overload * 1e3:.2f} ms in overload")
+    assert 30 <= overload_n <= 2 * 20 + 2 * 20 + 2, overload_n  # the limit holds: a burst, then 20/s
+    assert calm_n >= 15, calm_n
+    assert overload < 3 * calm, (calm, overload)
+
+
+async def test_a_hanging_host_does_not_starve_the_others(target: Target) -> None:
+    """max_in_flight 10; 40 checks of one host hang until their timeout. The control
+    checks on another host get (nearly) the probes they get when the hanging host is
+    not there: the hanging host holds its share (9 of 10 slots), never all of them."""
+    hung = 0
+
+    async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal hung
+        hung += 1
+        with contextlib.suppress(ConnectionError):
+            await reader.read()  # until the prober gives up (its timeout) and closes
+        writer.close()
+
+    server = await asyncio.start_server(hang, "127.0.0.2", 0)
+    port = server.sockets[0].getsockname()[1]
+    control = {f"ok{i}": {"url": target.url("/ok"), "interval": "200ms", "timeout": "200ms"}
+               for i in range(5)}
+    hanging = {f"hang{i}": {"url": f"http://127.0.0.2:{port}/", "interval": "1s", "timeout": "1s"}
+               for i in range(40)}
+
+    async def control_probes(checks: dict[str, dict[str, str]]) -> int:
+        results: list[ProbeResult] = []
+        prober = Prober()
+        scheduler = Scheduler(prober.run, collector(results), max_in_flight=10, per_host_rate=1000)
+        scheduler.set_checks(list(make_config(checks).checks))
+        await asyncio.sleep(3.0)
+        await scheduler.stop()
+        await prober.aclose()
+        return sum(1 for r in results if r.check.startswith("ok") and r.success)
+
+    alone = await control_probes(control)
+    beside = await control_probes({**control, **hanging})
+    server.close()
+    await server.wait_closed()
+    print(f"control probes in 3 s: {alone} alone, {beside} beside a hanging host ({hung} hung)")
+    assert hung >= 20  # the hanging host did take its slots
+    assert alone >= 50, alone
+    assert beside >= 0.8 * alone, (alone, beside)
 
 
 async def _until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
