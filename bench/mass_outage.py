@@ -15,10 +15,15 @@ answering 200, or 503 while a file exists (the switch). aipulse runs as a real d
    and median, time until every window is open as /metrics shows it (goal: within 3
    intervals; with open_after 3 the third failure comes at most 3 intervals after the
    switch, so this includes the pipeline's delay and the scrape's), log lines;
-3. SIGTERM while it fails: time to exit and the exit status (goal: 0 within 5 s;
+3. a reload while it fails (POST /-/reload, the failing checks' timeout changed): how
+   long the reload takes, /healthz meanwhile, and the control checks (10 at 1 s,
+   timeout 800 ms, on an address of their own that keeps answering 200): probes that
+   failed from the reload until 2 s after it, and control windows ever opened (goal:
+   none; before this issue a reload of 3,000 checks took 8-48 s and timed them out);
+4. SIGTERM while it fails: time to exit and the exit status (goal: 0 within 5 s;
    killed after 60 s);
-4. a restart on the same database: windows open again after it (goal: all);
-5. the switch back: time until every window is closed (goal: within 3 intervals),
+5. a restart on the same database: windows open again after it (goal: all);
+6. the switch back: time until every window is closed (goal: within 3 intervals),
    then SIGTERM again, and the windows still open in the database (goal: none).
 """
 
@@ -60,6 +65,10 @@ http {{
     keepalive_timeout 0;
     server {{
         {listen}
+        location /control/ {{
+            default_type text/plain;
+            return 200 "ok\\n";
+        }}
         location / {{
             default_type text/plain;
             if (-f {tmp}/down) {{ return 503 "down\\n"; }}
@@ -72,11 +81,12 @@ http {{
 
 @contextlib.contextmanager
 def switch_target(hosts: int, port: int) -> Iterator[Path]:
-    """nginx answering 200, or 503 while the returned file exists."""
+    """nginx on 127.0.0.1..<hosts + 1>: 200, or 503 while the returned file exists;
+    /control/ always 200."""
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     with tempfile.TemporaryDirectory(prefix="aipulse-bench-switch-") as tmp:
         os.chmod(tmp, 0o755)  # nginx's workers (another user) look for the switch file here
-        listen = "\n        ".join(f"listen 127.0.0.{i + 1}:{port} backlog=4096;" for i in range(hosts))
+        listen = "\n        ".join(f"listen 127.0.0.{i + 1}:{port} backlog=4096;" for i in range(hosts + 1))
         conf = Path(tmp) / "nginx.conf"
         conf.write_text(NGINX_CONF.format(tmp=tmp, listen=listen))
         proc = subprocess.Popen([nginx, "-c", str(conf), "-p", tmp], stdout=subprocess.DEVNULL,
@@ -144,6 +154,35 @@ def fmt(values: list[float | None], q: float | None = None) -> str:
     return f"{figure * 1000:.0f} ms" + (f" ({failed} of {len(values)} failed)" if failed else "")
 
 
+CONTROL = 10  # control checks at 1 s on an address of their own, never switched
+
+
+def control_service(host: str, port: int) -> str:
+    lines = ["  control:", "    checks:"]
+    for i in range(CONTROL):
+        lines += [f"      k{i:02d}:", f"        url: http://{host}:{port}/control/{i}",
+                  "        interval: 1s", "        timeout: 800ms", "        expect: {status: [200]}"]
+    return "\n".join(lines) + "\n"
+
+
+def control_failed(text: str) -> float:
+    """Control probes that did not succeed, as /metrics counts them."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("aipulse_probes_total{") and 'service="control"' in line and \
+                'reason="ok"' not in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def write_layout(cfg: Path, urls: list[str], args: argparse.Namespace, timeout: str, db: Path, listen: str,
+                 checks_per_service: int, control: str) -> None:
+    common.write_config(cfg, urls, interval=args.interval, timeout=timeout, db=db, listen=listen,
+                        checks_per_service=checks_per_service)
+    with cfg.open("a") as f:
+        f.write(control)
+
+
 def run_layout(args: argparse.Namespace, checks: int, services: int, tmp: Path) -> dict[str, object]:
     interval = float(args.interval.rstrip("s"))
     port = common.free_port()
@@ -152,12 +191,13 @@ def run_layout(args: argparse.Namespace, checks: int, services: int, tmp: Path) 
         urls = [f"http://127.0.0.{i % args.hosts + 1}:{port}/c{i:05d}" for i in range(checks)]
         cfg, db = tmp / f"mass-{checks}-{services}.yaml", tmp / f"mass-{checks}-{services}.db"
         listen = f"127.0.0.1:{common.free_port()}"
-        common.write_config(cfg, urls, interval=args.interval, timeout=f"{min(5.0, interval / 2):g}s", db=db,
-                            listen=listen,
-                            checks_per_service=checks // services)
+        control = control_service(f"127.0.0.{args.hosts + 1}", port)
+        timeout = min(5.0, interval / 2)
+        write_layout(cfg, urls, args, f"{timeout:g}s", db, listen, checks // services, control)
         base = f"http://{listen}"
         log1, log2 = tmp / f"mass-{checks}-{services}-1.log", tmp / f"mass-{checks}-{services}-2.log"
-        proc = common.start_aipulse(cfg, src=args.src, loop=args.loop, log_path=log1)
+        proc = common.start_aipulse(cfg, src=args.src, loop=args.loop, log_path=log1,
+                                    run_args=("--web.enable-lifecycle",))
         t0 = time.monotonic()
         common.wait_http(f"{base}/readyz", timeout=120, proc=proc)
         out["start_s"] = round(time.monotonic() - t0, 2)
@@ -196,14 +236,31 @@ def run_layout(args: argparse.Namespace, checks: int, services: int, tmp: Path) 
         out["all_windows_open_after_s"] = None if all_open is None else round(all_open, 1)
         out["all_windows_open_within_3_intervals"] = all_open is not None and all_open <= 3 * interval
 
-        # 3. SIGTERM while failing
+        # 3. a reload while failing: every failing check's timeout changes
+        write_layout(cfg, urls, args, f"{timeout * 0.9:g}s", db, listen, checks // services, control)
+        _, text = scrape(base)
+        failed_before = control_failed(text)
+        health = Poller(f"{base}/healthz", 0.1, 5.0)
+        start = time.perf_counter()
+        try:
+            status, _ = common.http_get(f"{base}/-/reload", timeout=120, method="POST")
+        except OSError as e:
+            status = str(e)
+        out["reload"] = {"status": status, "seconds": round(time.perf_counter() - start, 2)}
+        time.sleep(2)
+        times = health.stop()
+        _, text = scrape(base)
+        out["reload"]["healthz_max"] = fmt(times)
+        out["reload"]["control_probes_failed"] = control_failed(text) - failed_before
+
+        # 4. SIGTERM while failing
         took, code = sigterm(proc)
         out["sigterm_failing"] = {"seconds": round(took, 2), "exit": code}
         text = log1.read_text(errors="replace")
         out["log_lines_first_run"] = text.count("\n")
         out["log_window_lines_first_run"] = len(re.findall(r": outage since ", text))
 
-        # 4. restart on the same database, 5. recovery
+        # 5. restart on the same database, 6. recovery
         proc = common.start_aipulse(cfg, src=args.src, loop=args.loop, log_path=log2)
         t0 = time.monotonic()
         common.wait_http(f"{base}/readyz", timeout=120, proc=proc)
@@ -228,6 +285,8 @@ def run_layout(args: argparse.Namespace, checks: int, services: int, tmp: Path) 
                 "SELECT count(*) FROM windows WHERE check_id != ''").fetchone()[0]
             out["windows_left_open"] = conn.execute(
                 "SELECT count(*) FROM windows WHERE end_ts IS NULL").fetchone()[0]
+            out["control_windows"] = conn.execute(
+                "SELECT count(*) FROM windows WHERE service = 'control'").fetchone()[0]
     return out
 
 

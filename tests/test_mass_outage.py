@@ -81,11 +81,9 @@ def test_a_result_costs_the_same_in_a_service_of_30_checks_or_of_3000() -> None:
     assert many_services < 3 * small, (small, many_services)
 
 
-async def test_the_consumer_gives_the_loop_a_turn_between_batches() -> None:
-    """5,000 results queued at once: other tasks run many times while they are processed,
-    never waiting for more than a fraction of the whole (today's main ran them all in
-    one go: a timer waited for all 5,000)."""
-    cfg = config(5000, 500)
+async def longest_turn_waited(cfg: Config) -> tuple[float, float]:
+    """All of `cfg`'s checks fail at once: (the longest another task waited for a turn
+    while the pipeline processed them, how long processing all of them took)."""
     pipeline = Pipeline(cfg, LiveState(), MemorySink())
     pipeline.start()
     gaps: list[float] = []
@@ -110,8 +108,24 @@ async def test_the_consumer_gives_the_loop_a_turn_between_batches() -> None:
     done = True
     await tick
     await pipeline.stop()
-    assert len(gaps) >= 10, (len(gaps), took)
-    assert max(gaps) < took / 4, (max(gaps), took)
+    return max(gaps), took
+
+
+async def test_the_consumer_gives_the_loop_a_turn_between_batches() -> None:
+    """5,000 results queued at once: other tasks run many times while they are processed,
+    never waiting for more than a quarter of the whole (so there were at least five
+    turns; today's main ran them all in one go: a timer waited for all 5,000). The best
+    of three tries: a machine busy elsewhere can stall one turn, but processing that
+    does not yield fails every try. (A count of turns would depend on the machine's
+    speed: the consumer slices by time.)"""
+    cfg = config(5000, 500)
+    tries = []
+    for _ in range(3):
+        longest, took = await longest_turn_waited(cfg)
+        tries.append((longest, took))
+        if longest < took / 4:
+            break
+    assert min(longest / took for longest, took in tries) < 1 / 4, tries
 
 
 @pytest.mark.parametrize(("checks", "services"), [(3000, 1), (5000, 500)])
