@@ -900,7 +900,7 @@ def query_windows(path: str | os.PathLike[str], *, service: str | None = None,
             raise StorageError(f"{path}: {e}") from e
 
 
-# ---------------------------------------------------------------------------- page reads (issue 15b)
+# ---------------------------------------------------------------------------- page reads
 # Reads of the status page (monitor.page); kept in one block, apart from the rest.
 
 def query_latency(path: str | os.PathLike[str], start: float, end: float, *, buckets: int,
