@@ -241,7 +241,8 @@ def stop_within(proc: Any, seconds: float) -> float:
 def test_a_mass_outage_keeps_the_daemon_answering_and_every_window_true(
         tmp_path: Path, checks: int, services: int) -> None:
     """The issue's own layout (3,000 checks in one service at 10 s: today's main stopped
-    answering and opened no window), and many services at a rate as high (200/s)."""
+    answering /metrics while they first came up, before any failed), and many services
+    at a rate as high (200/s)."""
     interval = 10.0 if services == 1 else 3.0
     db = tmp_path / "history.db"
     with serve_switch() as switch:
