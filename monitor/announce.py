@@ -172,12 +172,7 @@ class Announcer:
         self._timing = timing
 
     def check_window(self, event: WindowOpened | WindowClosed) -> None:
-        w = event.window
-        what = f"{w.kind} {'opened' if isinstance(event, WindowOpened) else 'closed'}"
-        at = w.start if isinstance(event, WindowOpened) else (w.end or w.start)
-        self.mass.line(w.service, what, w.reason, at, logging.WARNING, *window_line(event))
-        if self.notifier is not None:
-            self.notifier.publish(event)
+        self._window(event, "")
 
     def check_line(self, service: str, what: str, reason: str, at: float, msg: str, *args: object) -> None:
         """A check's state line (unknown, seen again), counted with its service's lines."""
@@ -222,8 +217,12 @@ class Announcer:
         self.mass.flush()
 
     def _announce(self, event: WindowOpened | WindowClosed) -> None:
+        self._window(event, "service ")
+
+    def _window(self, event: WindowOpened | WindowClosed, kind_prefix: str) -> None:
+        """Log a window opened or closed (through the mass-log budget) and notify."""
         w = event.window
-        what = f"service {w.kind} {'opened' if isinstance(event, WindowOpened) else 'closed'}"
+        what = f"{kind_prefix}{w.kind} {'opened' if isinstance(event, WindowOpened) else 'closed'}"
         at = w.start if isinstance(event, WindowOpened) else (w.end or w.start)
         self.mass.line(w.service, what, w.reason, at, logging.WARNING, *window_line(event))
         if self.notifier is not None:
